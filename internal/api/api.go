@@ -1,0 +1,176 @@
+// Package api is pier's HTTP/JSON API under /v1/. Every route requires the
+// bearer token; errors are {"error": "..."} with a status mapped from the
+// error's kind in one place (statusOf).
+package api
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pier-dev/pier/internal/auth"
+	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/pier"
+)
+
+// Server serves the API.
+type Server struct {
+	Plane *control.Plane
+	Log   *slog.Logger
+	// Token is the bearer token every request must carry.
+	Token string
+	// URL returns where an app is served, for responses and the CLI.
+	URL func(app string) string
+	// Metrics serves /metrics (Prometheus text format).
+	Metrics http.Handler
+}
+
+// Handler returns the API's routes behind authentication.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("GET /v1/apps", s.listApps)
+	mux.HandleFunc("POST /v1/apps", s.createApp)
+	mux.HandleFunc("GET /v1/apps/{app}", s.getApp)
+	mux.HandleFunc("DELETE /v1/apps/{app}", s.destroyApp)
+	mux.HandleFunc("POST /v1/apps/{app}/deploys", s.deploy)
+	mux.HandleFunc("GET /v1/apps/{app}/releases", s.releases)
+	mux.HandleFunc("POST /v1/apps/{app}/rollback", s.rollback)
+	mux.HandleFunc("POST /v1/apps/{app}/scale", s.scale)
+	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.listSecrets)
+	mux.HandleFunc("POST /v1/apps/{app}/secrets", s.setSecrets)
+	mux.HandleFunc("POST /v1/apps/{app}/secrets/unset", s.unsetSecrets)
+	mux.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
+	mux.HandleFunc("GET /v1/apps/{app}/events", s.events)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, pier.Errorf(pier.NotFound, "no API route %s %s (see `pier help`)", r.Method, r.URL.Path), s.Log)
+	})
+	return auth.Middleware(s.Token, mux)
+}
+
+// statusOf is the one place error kinds become HTTP statuses.
+func statusOf(k pier.Kind) int {
+	switch k {
+	case pier.Invalid:
+		return http.StatusBadRequest
+	case pier.NotFound:
+		return http.StatusNotFound
+	case pier.Conflict:
+		return http.StatusConflict
+	case pier.Unauthorized:
+		return http.StatusUnauthorized
+	case pier.Unavailable:
+		return http.StatusServiceUnavailable
+	case pier.Failed:
+		return http.StatusUnprocessableEntity
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// kindNames name error kinds in streamed error messages.
+var kindNames = map[pier.Kind]string{pier.Internal: "internal", pier.Invalid: "invalid", pier.NotFound: "not_found",
+	pier.Conflict: "conflict", pier.Unauthorized: "unauthorized", pier.Unavailable: "unavailable", pier.Failed: "failed"}
+
+// message is what the caller sees of err; internal errors are also logged,
+// since they point at a bug or a broken host rather than bad input.
+func message(err error, log *slog.Logger) string {
+	if pier.KindOf(err) == pier.Internal {
+		log.Error("internal error", "err", err)
+		return "internal error: " + err.Error()
+	}
+	return err.Error()
+}
+
+func writeError(w http.ResponseWriter, err error, log *slog.Logger) {
+	writeJSON(w, statusOf(pier.KindOf(err)), map[string]string{"error": message(err, log)})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// readJSON decodes a small JSON body strictly.
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return pier.Errorf(pier.Invalid, "bad JSON body: %v", err)
+	}
+	return nil
+}
+
+// Message is one line of a streamed (NDJSON) response.
+type Message struct {
+	Type    string        `json:"type"` // output, result, error
+	Text    string        `json:"text,omitempty"`
+	Release *pier.Release `json:"release,omitempty"`
+	Error   string        `json:"error,omitempty"`
+	Kind    string        `json:"kind,omitempty"`
+}
+
+// stream writes NDJSON messages and flushes each one, so the CLI shows
+// progress live. It is safe for concurrent use.
+type stream struct {
+	mu  sync.Mutex
+	w   http.ResponseWriter
+	enc *json.Encoder
+	rc  *http.ResponseController
+}
+
+func newStream(w http.ResponseWriter) *stream {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	return &stream{w: w, enc: json.NewEncoder(w), rc: http.NewResponseController(w)}
+}
+
+func (s *stream) send(m Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.enc.Encode(m)
+	s.rc.Flush()
+}
+
+// Write sends p as output; it never fails, so a client that went away does
+// not stop the work.
+func (s *stream) Write(p []byte) (int, error) {
+	s.send(Message{Type: "output", Text: string(p)})
+	return len(p), nil
+}
+
+func (s *stream) finish(rel *pier.Release, err error, log *slog.Logger) {
+	if err != nil {
+		s.send(Message{Type: "error", Error: message(err, log), Kind: kindNames[pier.KindOf(err)]})
+		return
+	}
+	s.send(Message{Type: "result", Release: rel})
+}
+
+func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, pier.Errorf(pier.Invalid, "query parameter %s must be a whole number from %d to %d", name, lo, hi)
+	}
+	return n, nil
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "time": time.Now().UTC()})
+}
+

@@ -1,0 +1,288 @@
+// Package appconfig reads and writes pier.toml, the per-app config file at an
+// app's root. Decoding is strict: unknown keys and bad values are errors that
+// name the key and its line.
+package appconfig
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/pier-dev/pier/internal/pier"
+)
+
+// FileName is the name of the config file at an app's root.
+const FileName = "pier.toml"
+
+// Config is the content of pier.toml.
+type Config struct {
+	// App is the app's name; commands run in this directory act on it.
+	App string `toml:"app"`
+	// Build overrides what pier detects.
+	Build Build `toml:"build"`
+	// Deploy controls how releases roll out.
+	Deploy Deploy `toml:"deploy"`
+	// Env holds plain (non-secret) environment variables.
+	Env map[string]string `toml:"env"`
+	// Checks are health checks; without any, a TCP connect on PORT is used.
+	Checks []Check `toml:"checks"`
+}
+
+// Build overrides detection.
+type Build struct {
+	// Builder is one of go, node, python, static, procfile.
+	Builder string `toml:"builder,omitempty"`
+	// Command is a shell command that builds the app (replaces the builder's).
+	Command string `toml:"command,omitempty"`
+	// Start is the shell command that runs the app (replaces the detected one).
+	Start string `toml:"start,omitempty"`
+}
+
+// Deploy controls rollout.
+type Deploy struct {
+	// Strategy is "rolling" (default: one machine at a time) or "immediate"
+	// (all new machines at once).
+	Strategy string `toml:"strategy,omitempty"`
+	// WaitTimeout is how long a new machine has to pass its checks (default 60s).
+	WaitTimeout string `toml:"wait_timeout,omitempty"`
+	// DrainTimeout is how long in-flight requests may run on an old machine (default 30s).
+	DrainTimeout string `toml:"drain_timeout,omitempty"`
+}
+
+// Check is one health check.
+type Check struct {
+	Type     string `toml:"type,omitempty"`     // "http" (default when path is set) or "tcp"
+	Path     string `toml:"path,omitempty"`     // for http: the path to GET
+	Interval string `toml:"interval,omitempty"` // default 2s
+	Timeout  string `toml:"timeout,omitempty"`  // default 2s
+}
+
+// Builders are the builder names pier knows.
+var Builders = []string{"go", "node", "python", "static", "procfile"}
+
+// Error is a problem in pier.toml at a line (0 when unknown).
+type Error struct {
+	File string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	if e.Key != "" {
+		return fmt.Sprintf("%s: %s: %s", loc, e.Key, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", loc, e.Msg)
+}
+
+// Load reads dir/pier.toml. It returns (nil, nil) when there is none.
+func Load(dir string) (*Config, error) {
+	b, err := os.ReadFile(filepath.Join(dir, FileName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return Parse(FileName, b)
+}
+
+// Parse decodes and validates a pier.toml document.
+func Parse(name string, b []byte) (*Config, error) {
+	var c Config
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) && len(strict.Errors) > 0 {
+			de := strict.Errors[0]
+			row, _ := de.Position()
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout)"}
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, _ := de.Position()
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
+		}
+		return nil, &Error{File: name, Msg: err.Error()}
+	}
+	if err := c.validate(); err != nil {
+		var ce *Error
+		if errors.As(err, &ce) {
+			ce.File = name
+			ce.Line = lineOf(b, ce.Key)
+		}
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) validate() error {
+	bad := func(key, format string, args ...any) error {
+		return &Error{Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.App != "" {
+		if err := pier.ValidateAppName(c.App); err != nil {
+			return bad("app", "%v", err)
+		}
+	}
+	if b := c.Build.Builder; b != "" && !contains(Builders, b) {
+		return bad("build.builder", "unknown builder %q (use one of %s)", b, strings.Join(Builders, ", "))
+	}
+	switch c.Deploy.Strategy {
+	case "", pier.StrategyRolling, pier.StrategyImmediate:
+	default:
+		return bad("deploy.strategy", "unknown strategy %q (use rolling or immediate)", c.Deploy.Strategy)
+	}
+	for key, v := range map[string]string{"deploy.wait_timeout": c.Deploy.WaitTimeout, "deploy.drain_timeout": c.Deploy.DrainTimeout} {
+		if _, err := duration(v, time.Second); err != nil {
+			return bad(key, "%v", err)
+		}
+	}
+	for name := range c.Env {
+		if err := pier.ValidateEnvName(name); err != nil {
+			return bad("env."+name, "%v", err)
+		}
+	}
+	for i, ch := range c.Checks {
+		key := fmt.Sprintf("checks[%d]", i)
+		switch ch.Type {
+		case "", "http", "tcp":
+		default:
+			return bad(key+".type", "unknown check type %q (use http or tcp)", ch.Type)
+		}
+		if ch.Type == "http" && ch.Path == "" {
+			return bad(key+".path", "an http check needs a path, like \"/healthz\"")
+		}
+		if ch.Path != "" && !strings.HasPrefix(ch.Path, "/") {
+			return bad(key+".path", "path %q must start with /", ch.Path)
+		}
+		for k, v := range map[string]string{"interval": ch.Interval, "timeout": ch.Timeout} {
+			if _, err := duration(v, time.Millisecond); err != nil {
+				return bad(key+"."+k, "%v", err)
+			}
+		}
+	}
+	return nil
+}
+
+func duration(s string, min time.Duration) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (use a number with a unit, like 30s)", s)
+	}
+	if d < min {
+		return 0, fmt.Errorf("duration %q is too short (at least %s)", s, min)
+	}
+	return d, nil
+}
+
+// RunConfig turns the file's deploy settings into the config that travels
+// with a release, with defaults filled in.
+func (c *Config) RunConfig() pier.RunConfig {
+	rc := pier.RunConfig{Env: c.Env, Strategy: c.Deploy.Strategy}
+	if rc.Strategy == "" {
+		rc.Strategy = pier.StrategyRolling
+	}
+	rc.WaitTimeout.Duration = orDefault(c.Deploy.WaitTimeout, 60*time.Second)
+	rc.DrainTimeout.Duration = orDefault(c.Deploy.DrainTimeout, 30*time.Second)
+	for _, ch := range c.Checks {
+		pc := pier.Check{Type: ch.Type, Path: ch.Path}
+		if pc.Type == "" {
+			pc.Type = "tcp"
+			if ch.Path != "" {
+				pc.Type = "http"
+			}
+		}
+		pc.Interval.Duration = orDefault(ch.Interval, 2*time.Second)
+		pc.Timeout.Duration = orDefault(ch.Timeout, 2*time.Second)
+		rc.Checks = append(rc.Checks, pc)
+	}
+	return rc
+}
+
+func orDefault(s string, def time.Duration) time.Duration {
+	if d, err := duration(s, 0); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+// New returns the text of a new pier.toml for app: the name, plus the
+// settings most often changed, commented out.
+func New(app string) []byte {
+	return []byte(fmt.Sprintf(`# pier app config. Unknown keys are errors; see `+"`pier launch --help`"+`.
+app = %q
+
+# [build]
+# builder = "go"          # go, node, python, static or procfile (default: detected)
+# command = "make build"  # build command (default: the builder's)
+# start = "./server"      # start command; the app must listen on $PORT
+
+# [deploy]
+# strategy = "rolling"    # or "immediate"
+# wait_timeout = "60s"    # time a new machine has to pass its checks
+
+# [env]
+# GREETING = "hello"      # plain settings; use `+"`pier secrets set`"+` for secrets
+
+# [[checks]]
+# path = "/healthz"       # HTTP check (default: TCP connect on $PORT)
+# interval = "2s"
+`, app))
+}
+
+var headerRE = regexp.MustCompile(`^\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?`)
+
+// lineOf finds the line that sets a dotted key such as "deploy.strategy",
+// "env.PORT" or "checks[1].path". It returns 0 if the key is not written out.
+func lineOf(doc []byte, key string) int {
+	table, leaf := "", key
+	index := -1
+	if i := strings.LastIndex(key, "."); i >= 0 {
+		table, leaf = key[:i], key[i+1:]
+	}
+	if j := strings.Index(table, "["); j >= 0 {
+		fmt.Sscanf(table[j:], "[%d]", &index)
+		table = table[:j]
+	}
+	current, seen := "", -1
+	for n, line := range strings.Split(string(doc), "\n") {
+		if m := headerRE.FindStringSubmatch(line); m != nil {
+			current = m[1]
+			if current == table {
+				seen++
+			}
+			continue
+		}
+		if current != table || (index >= 0 && seen != index) {
+			continue
+		}
+		k, _, ok := strings.Cut(line, "=")
+		if ok && strings.Trim(strings.TrimSpace(k), `"'`) == leaf {
+			return n + 1
+		}
+	}
+	return 0
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

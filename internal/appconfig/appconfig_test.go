@@ -1,0 +1,59 @@
+package appconfig
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseErrorsNameKeyAndLine(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"unknown top-level key", "app = \"web\"\ncolour = \"blue\"\n", "pier.toml:2: colour: unknown key"},
+		{"unknown nested key", "app = \"web\"\n[build]\nbuilder = \"go\"\nflavour = \"x\"\n", "pier.toml:4: build.flavour: unknown key"},
+		{"bad app name", "\n\napp = \"Web_1\"\n", "pier.toml:3: app: invalid app name"},
+		{"bad builder", "[build]\nbuilder = \"rust\"\n", "pier.toml:2: build.builder: unknown builder \"rust\""},
+		{"bad strategy", "app = \"a\"\n[deploy]\nstrategy = \"yolo\"\n", "pier.toml:3: deploy.strategy: unknown strategy"},
+		{"bad duration", "[deploy]\nwait_timeout = \"soon\"\n", "pier.toml:2: deploy.wait_timeout: invalid duration"},
+		{"second check path", "[[checks]]\npath = \"/ok\"\n[[checks]]\ntype = \"http\"\npath = \"health\"\n", "pier.toml:5: checks[1].path: path \"health\" must start with /"},
+		{"reserved env", "[env]\nPORT = \"1\"\n", "pier.toml:2: env.PORT: "},
+		{"wrong type", "app = 3\n", "pier.toml:1: app: "},
+		{"syntax", "app = \"x\n", "pier.toml:1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("pier.toml", []byte(tt.doc))
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want prefix %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRunConfigDefaults(t *testing.T) {
+	c, err := Parse("pier.toml", []byte("app = \"web\"\n[env]\nGREETING = \"hi\"\n[[checks]]\npath = \"/healthz\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := c.RunConfig()
+	if rc.Strategy != "rolling" || rc.WaitTimeout.Duration != time.Minute || rc.DrainTimeout.Duration != 30*time.Second {
+		t.Fatalf("defaults: %+v", rc)
+	}
+	if len(rc.Checks) != 1 || rc.Checks[0].Type != "http" || rc.Checks[0].Interval.Duration != 2*time.Second {
+		t.Fatalf("checks: %+v", rc.Checks)
+	}
+	if rc.Env["GREETING"] != "hi" {
+		t.Fatalf("env: %v", rc.Env)
+	}
+}
+
+func TestNewParsesBack(t *testing.T) {
+	out, err := Parse("pier.toml", New("web"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, New("web"))
+	}
+	if out.App != "web" || out.Build != (Build{}) || len(out.Checks) != 0 {
+		t.Fatalf("new config: %+v", out)
+	}
+}

@@ -1,0 +1,96 @@
+package build
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pier-dev/pier/internal/pier"
+)
+
+// Builder runs builds and keeps their results under Dir.
+type Builder struct {
+	// Dir holds one directory per build: Dir/<app>/<build id>.
+	Dir string
+}
+
+// NewBuildID returns a fresh, time-ordered build id.
+func NewBuildID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(b)
+}
+
+// Path is where the artifact of build id of app lives.
+func (b *Builder) Path(app, id string) string { return filepath.Join(b.Dir, app, id) }
+
+// Build moves the source tree src into a new build directory, runs the plan's
+// steps there with their output going to out, and returns the build id. On
+// failure nothing is left behind.
+func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.Writer) (string, error) {
+	id := NewBuildID()
+	final := b.Path(app, id)
+	work := final + ".tmp"
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(src, work); err != nil {
+		return "", fmt.Errorf("stage build: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(work)
+		}
+	}()
+	for _, step := range plan.Steps {
+		fmt.Fprintf(out, "$ %s\n", step)
+		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", step)
+		cmd.Dir = work
+		cmd.Env = BuildEnv()
+		cmd.Stdout, cmd.Stderr = out, out
+		// Its own process group, so cancelling kills what the step started.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = 5 * time.Second
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			if ctx.Err() != nil {
+				return "", fmt.Errorf("build cancelled: %w", ctx.Err())
+			}
+			return "", &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("build step `%s` failed", step), Err: err}
+		}
+		fmt.Fprintf(out, "  done in %s\n", time.Since(start).Round(10*time.Millisecond))
+	}
+	if err := os.Rename(work, final); err != nil {
+		return "", fmt.Errorf("finish build: %w", err)
+	}
+	ok = true
+	return id, nil
+}
+
+// Remove deletes the builds of an app.
+func (b *Builder) Remove(app string) error {
+	return os.RemoveAll(filepath.Join(b.Dir, app))
+}
+
+// BuildEnv is the environment of build steps: the server's own, minus pier's
+// credentials and settings, plus CI=true so tools do not prompt.
+func BuildEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PIER_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "CI=true", "NPM_CONFIG_UPDATE_NOTIFIER=false")
+}

@@ -1,0 +1,134 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/pier-dev/pier/internal/appconfig"
+	"github.com/pier-dev/pier/internal/build"
+	"github.com/pier-dev/pier/internal/client"
+	"github.com/pier-dev/pier/internal/pier"
+	"github.com/spf13/cobra"
+)
+
+func (e *env) launchCmd() *cobra.Command {
+	var name string
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "launch [DIR]",
+		Short: "Detect, configure, build and deploy the app in DIR (default .)",
+		Long: `Launch a new app from source: detect what it is (Go, Node, Python, static
+site or Procfile), write pier.toml, create the app, build it, deploy it and
+print its URL.
+
+Detection: go.mod → Go; package.json → Node (npm ci / npm install, started
+with scripts.start or main); requirements.txt, pyproject.toml, app.py or
+main.py → Python; Procfile → its web: command; index.html → a static site
+served by pier. A Procfile's web: line wins for the start command;
+[build] in pier.toml overrides both.
+
+The app must listen on the port in $PORT.`,
+		Example: `  pier launch
+  pier launch ./web --name web --yes`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := "."
+			if len(args) == 1 {
+				dir = args[0]
+			}
+			dir, err := absDir(dir)
+			if err != nil {
+				return err
+			}
+			cfg, err := appconfig.Load(dir)
+			if err != nil {
+				return err
+			}
+			hadConfig := cfg != nil
+			if cfg == nil {
+				cfg = &appconfig.Config{}
+			}
+			switch {
+			case name != "" && cfg.App != "" && name != cfg.App:
+				return fmt.Errorf("%s says app = %q; drop --name or change pier.toml", filepath.Join(dir, appconfig.FileName), cfg.App)
+			case name == "" && cfg.App != "":
+				name = cfg.App
+			case name == "":
+				name = nameFromDir(dir)
+			}
+			if err := pier.ValidateAppName(name); err != nil {
+				return fmt.Errorf("%w (choose one with --name)", err)
+			}
+			plan, err := build.Detect(dir, cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "==> Detected a %s app in %s\n    %s\n", plan.Builder, dir, plan.Describe())
+			if !yes {
+				if !isTerminal(e.stdin) {
+					return fmt.Errorf("launch asks for confirmation: pass --yes to accept the defaults when not running interactively")
+				}
+				fmt.Fprintf(e.stdout, "Create app %q and deploy it? [Y/n] ", name)
+				answer, _ := bufio.NewReader(e.stdin).ReadString('\n')
+				if a := strings.ToLower(strings.TrimSpace(answer)); a != "" && a != "y" && a != "yes" {
+					return fmt.Errorf("launch cancelled; nothing was changed")
+				}
+			}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if _, err := c.App(ctx, name); client.IsNotFound(err) {
+				if _, err := c.CreateApp(ctx, name); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "==> Created app %s\n", name)
+			} else if err != nil {
+				return err
+			} else {
+				fmt.Fprintf(e.stdout, "==> App %s exists; deploying a new release\n", name)
+			}
+			if !hadConfig || cfg.App == "" {
+				cfg.App = name
+				if err := writeConfig(dir, cfg); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "==> Wrote %s\n", filepath.Join(dir, appconfig.FileName))
+			}
+			return e.deployDir(ctx, c, name, dir)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "app name (default: the directory's name)")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "accept every default without prompting (for scripts and CI)")
+	return cmd
+}
+
+var notName = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// nameFromDir turns a directory name into an app name: "My_App" → "my-app".
+func nameFromDir(dir string) string {
+	n := notName.ReplaceAllString(strings.ToLower(filepath.Base(dir)), "-")
+	n = strings.Trim(n, "-")
+	if n == "" || n[0] < 'a' || n[0] > 'z' {
+		n = "app-" + n
+	}
+	if len(n) > 63 {
+		n = strings.TrimRight(n[:63], "-")
+	}
+	return n
+}
+
+// writeConfig writes pier.toml, keeping an existing file's other settings.
+func writeConfig(dir string, cfg *appconfig.Config) error {
+	path := filepath.Join(dir, appconfig.FileName)
+	if old, err := os.ReadFile(path); err == nil {
+		// Only app = was missing: prepend it rather than rewrite the user's file.
+		return os.WriteFile(path, append([]byte(fmt.Sprintf("app = %q\n", cfg.App)), old...), 0o644)
+	}
+	return os.WriteFile(path, appconfig.New(cfg.App), 0o644)
+}

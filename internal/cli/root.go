@@ -1,0 +1,156 @@
+// Package cli is the `pier` command line: one file per subcommand, all of
+// them clients of the HTTP API except `pier server`, which runs it.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/pier-dev/pier/internal/appconfig"
+	"github.com/pier-dev/pier/internal/auth"
+	"github.com/pier-dev/pier/internal/client"
+	"github.com/spf13/cobra"
+)
+
+// DefaultAPI is where the CLI looks for the API when nothing else is set.
+const DefaultAPI = "http://127.0.0.1:4280"
+
+// env holds what every command shares.
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	app    string // -a/--app
+}
+
+// NewRoot returns the root command with every subcommand.
+func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "pier",
+		Short: "pier: your own developer cloud",
+		Long: `pier turns this machine into a developer cloud: launch an app from source,
+get a URL, and redeploy with zero downtime.
+
+Start the platform with 'pier server'; every other command is a client of its
+API at $PIER_API (default ` + DefaultAPI + `), authenticated with $PIER_TOKEN or
+the credentials 'pier server' saved for the local user.`,
+		Example: `  pier server &
+  cd myapp && pier launch --yes
+  curl http://myapp.localhost:8080/`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddGroup(&cobra.Group{ID: "apps", Title: "Apps:"}, &cobra.Group{ID: "platform", Title: "Platform:"})
+	for _, c := range []*cobra.Command{
+		e.launchCmd(), e.deployCmd(), e.statusCmd(), e.logsCmd(), e.releasesCmd(), e.rollbackCmd(),
+		e.scaleCmd(), e.secretsCmd(), e.appsCmd(),
+	} {
+		c.GroupID = "apps"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{e.serverCmd(), e.authCmd()} {
+		c.GroupID = "platform"
+		root.AddCommand(c)
+	}
+	root.AddCommand(staticServeCmd())
+	return root
+}
+
+// Execute runs the CLI and returns the process exit code.
+func Execute(ctx context.Context, args []string) int {
+	root := NewRoot(os.Stdin, os.Stdout, os.Stderr)
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		return 1
+	}
+	return 0
+}
+
+// client returns an API client from $PIER_API/$PIER_TOKEN or the saved
+// credentials.
+func (e *env) client() (*client.Client, error) {
+	base, token := os.Getenv("PIER_API"), os.Getenv("PIER_TOKEN")
+	if base == "" || token == "" {
+		creds, ok, err := auth.LoadCredentials()
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if base == "" {
+				base = creds.API
+			}
+			if token == "" && (os.Getenv("PIER_API") == "" || os.Getenv("PIER_API") == creds.API) {
+				token = creds.Token
+			}
+		}
+	}
+	if base == "" {
+		base = DefaultAPI
+	}
+	if token == "" {
+		return nil, fmt.Errorf("no API token: start `pier server` on this machine (it saves one for you), or set PIER_TOKEN (print it with `pier auth token` where the server runs)")
+	}
+	return client.New(base, token), nil
+}
+
+// addAppFlag adds -a/--app to cmd.
+func (e *env) addAppFlag(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&e.app, "app", "a", "", "app to act on (default: the app of ./pier.toml)")
+}
+
+// appName resolves the app: --app, else pier.toml in the current directory.
+func (e *env) appName() (string, error) {
+	if e.app != "" {
+		return e.app, nil
+	}
+	cfg, err := appconfig.Load(".")
+	if err != nil {
+		return "", err
+	}
+	if cfg == nil || cfg.App == "" {
+		wd, _ := os.Getwd()
+		return "", fmt.Errorf("no app given: pass -a APP, or run this in an app's directory (no pier.toml with `app = ...` in %s)", wd)
+	}
+	return cfg.App, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// isTerminal reports whether f is a terminal (for prompts).
+func isTerminal(f any) bool {
+	file, ok := f.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := file.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func absDir(arg string) (string, error) {
+	dir, err := filepath.Abs(arg)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", arg, errors.Unwrap(err))
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("%s is not a directory", arg)
+	}
+	return dir, nil
+}

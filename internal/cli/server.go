@@ -1,0 +1,48 @@
+package cli
+
+import (
+	"log/slog"
+	"os/signal"
+	"syscall"
+
+	"github.com/pier-dev/pier/internal/server"
+	"github.com/spf13/cobra"
+)
+
+func (e *env) serverCmd() *cobra.Command {
+	c := server.Config{SaveCredentials: true}
+	var debug bool
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the platform: API, state store, supervisor and edge proxy",
+		Long: `Run pier on this machine: the API (for the CLI), the state store, the
+supervisor that runs apps' machines, and the edge proxy that serves app X at
+http://X.<domain>:<http port>/.
+
+On first start it creates an admin token in the data dir (mode 0600) and saves
+CLI credentials for the local user, so other pier commands just work. State
+survives restarts: apps are served again when the server comes back. Stop it
+with Ctrl-C or SIGTERM: traffic drains and every machine stops.`,
+		Example: `  pier server
+  pier server --http-addr :80 --domain apps.example.com
+  pier server --data-dir /tmp/pier --api-addr 127.0.0.1:5280`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			c.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return server.Run(ctx, c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.DataDir, "data-dir", server.DefaultDataDir(), "where state, builds, logs and keys live")
+	f.StringVar(&c.APIAddr, "api-addr", "127.0.0.1:4280", "address of the API")
+	f.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the edge proxy that serves apps")
+	f.StringVar(&c.Domain, "domain", "localhost", "apps are served at <app>.<domain>")
+	f.BoolVar(&debug, "debug", false, "log debug detail")
+	return cmd
+}

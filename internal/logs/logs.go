@@ -1,0 +1,149 @@
+// Package logs keeps what apps write: one JSON-lines file per app under the
+// data dir (rotated at a size limit) and live subscriptions for `pier logs -f`.
+package logs
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/pier-dev/pier/internal/pier"
+)
+
+// MaxFileBytes is the size at which an app's log file is rotated to <app>.log.1.
+const MaxFileBytes = 16 << 20
+
+// Hub stores and fans out log lines. It is safe for concurrent use.
+type Hub struct {
+	dir  string
+	mu   sync.Mutex
+	subs map[string]map[chan pier.LogLine]struct{}
+}
+
+// NewHub keeps log files in dir.
+func NewHub(dir string) (*Hub, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &Hub{dir: dir, subs: map[string]map[chan pier.LogLine]struct{}{}}, nil
+}
+
+func (h *Hub) path(app string) string { return filepath.Join(h.dir, app+".log") }
+
+// Append stores one line and hands it to live subscribers. A subscriber too
+// slow to keep up misses lines rather than stalling the app.
+func (h *Hub) Append(l pier.LogLine) {
+	b, _ := json.Marshal(l)
+	b = append(b, '\n')
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.path(l.App)
+	if fi, err := os.Stat(p); err == nil && fi.Size() > MaxFileBytes {
+		os.Rename(p, p+".1")
+	}
+	if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+		f.Write(b)
+		f.Close()
+	}
+	for ch := range h.subs[l.App] {
+		select {
+		case ch <- l:
+		default:
+		}
+	}
+}
+
+// Writer returns a writer whose every Write is one line of app's machine on
+// stream (the process driver writes whole lines).
+func (h *Hub) Writer(app, machine, stream string) *LineWriter {
+	return &LineWriter{hub: h, app: app, machine: machine, stream: stream}
+}
+
+// LineWriter turns writes into log lines.
+type LineWriter struct {
+	hub                  *Hub
+	app, machine, stream string
+	partial              []byte
+}
+
+// Write splits p into lines; an unterminated tail waits for the next write.
+func (w *LineWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	buf := append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.hub.Append(pier.LogLine{Time: time.Now().UTC(), App: w.app, Machine: w.machine, Stream: w.stream, Line: string(bytes.TrimRight(buf[:i], "\r"))})
+		buf = buf[i+1:]
+	}
+	w.partial = append([]byte(nil), buf...)
+	return n, nil
+}
+
+// Flush writes out an unterminated last line.
+func (w *LineWriter) Flush() {
+	if len(w.partial) > 0 {
+		w.Write([]byte{'\n'})
+	}
+}
+
+// Tail returns the last n lines of app.
+func (h *Hub) Tail(app string, n int) ([]pier.LogLine, error) {
+	var out []pier.LogLine
+	for _, p := range []string{h.path(app) + ".1", h.path(app)} {
+		f, err := os.Open(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+		for sc.Scan() {
+			var l pier.LogLine
+			if json.Unmarshal(sc.Bytes(), &l) == nil {
+				out = append(out, l)
+				if len(out) > 2*n+1024 {
+					out = append(out[:0:0], out[len(out)-n:]...)
+				}
+			}
+		}
+		f.Close()
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return out, nil
+}
+
+// Subscribe returns a channel of app's new lines until cancel is called.
+func (h *Hub) Subscribe(app string) (<-chan pier.LogLine, func()) {
+	ch := make(chan pier.LogLine, 1024)
+	h.mu.Lock()
+	if h.subs[app] == nil {
+		h.subs[app] = map[chan pier.LogLine]struct{}{}
+	}
+	h.subs[app][ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs[app], ch)
+		h.mu.Unlock()
+	}
+}
+
+// Remove deletes an app's log files.
+func (h *Hub) Remove(app string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	os.Remove(h.path(app))
+	os.Remove(h.path(app) + ".1")
+}

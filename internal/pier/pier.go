@@ -1,0 +1,151 @@
+// Package pier holds the domain types shared by every part of pier: apps,
+// releases, machines, events and the error kinds that the API maps to HTTP
+// statuses. It imports nothing of ours.
+package pier
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// App is a named service built from source; it is made of machines running
+// its current release.
+type App struct {
+	Name      string    `json:"name"`
+	Count     int       `json:"count"`             // desired number of machines
+	Release   int       `json:"release,omitempty"` // current release version; 0 before the first deploy
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Release is an immutable, numbered build plus config of an app.
+type Release struct {
+	App         string    `json:"app"`
+	Version     int       `json:"version"`
+	BuildID     string    `json:"build_id"`
+	Builder     string    `json:"builder"`
+	Start       string    `json:"start"` // shell command run in the build's directory
+	Config      RunConfig `json:"config"`
+	Status      string    `json:"status"` // see Release* constants
+	Description string    `json:"description"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// Release statuses.
+const (
+	ReleasePending = "pending" // created, not yet rolled out
+	ReleaseActive  = "active"  // the one being served
+	ReleaseFailed  = "failed"  // its deploy was aborted
+	ReleaseRetired = "retired" // was active; replaced by a later deploy
+)
+
+// Deploy strategies.
+const (
+	StrategyRolling   = "rolling"
+	StrategyImmediate = "immediate"
+)
+
+// RunConfig is the part of pier.toml that travels with a release.
+type RunConfig struct {
+	Env          map[string]string `json:"env,omitempty"`
+	Checks       []Check           `json:"checks,omitempty"`
+	Strategy     string            `json:"strategy"`
+	WaitTimeout  Duration          `json:"wait_timeout"`  // how long a new machine has to become healthy
+	DrainTimeout Duration          `json:"drain_timeout"` // how long in-flight requests may take to finish
+}
+
+// Check is a health check of a machine. Type "tcp" connects to PORT; "http"
+// sends GET Path and expects a 2xx or 3xx answer.
+type Check struct {
+	Type     string   `json:"type"`
+	Path     string   `json:"path,omitempty"`
+	Interval Duration `json:"interval"`
+	Timeout  Duration `json:"timeout"`
+}
+
+// Duration is a time.Duration that reads and writes as "1.5s" in JSON.
+type Duration struct{ time.Duration }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use a number with a unit, like 5s or 200ms)", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Machine is one running instance of an app's release.
+type Machine struct {
+	ID        string    `json:"id"`
+	App       string    `json:"app"`
+	Release   int       `json:"release"`
+	State     string    `json:"state"` // see Machine* constants
+	Healthy   bool      `json:"healthy"`
+	Addr      string    `json:"addr,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	Restarts  int       `json:"restarts"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// Machine states, named as in the Fly Machines API.
+const (
+	MachineStarting  = "starting"
+	MachineStarted   = "started"
+	MachineStopping  = "stopping"
+	MachineStopped   = "stopped"
+	MachineDestroyed = "destroyed"
+)
+
+// Event is one entry of the append-only history.
+type Event struct {
+	ID      int64     `json:"id"`
+	App     string    `json:"app"`
+	Type    string    `json:"type"`
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
+}
+
+// SecretInfo describes a secret without revealing it.
+type SecretInfo struct {
+	Name      string    `json:"name"`
+	Digest    string    `json:"digest"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// LogLine is one line an app's machine (or its build) wrote.
+type LogLine struct {
+	Time    time.Time `json:"time"`
+	App     string    `json:"app"`
+	Machine string    `json:"machine"` // machine id, or "build"
+	Stream  string    `json:"stream"`  // stdout or stderr
+	Line    string    `json:"line"`
+}
+
+var appNameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateAppName checks that name can be a DNS label, since apps are served
+// at <name>.<domain>.
+func ValidateAppName(name string) error {
+	if !appNameRE.MatchString(name) {
+		return Errorf(Invalid, "invalid app name %q: use 1-63 lowercase letters, digits and dashes, starting with a letter and not ending with a dash", name)
+	}
+	return nil
+}
+
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ValidateEnvName checks a variable name used for env and secrets.
+func ValidateEnvName(name string) error {
+	if !envNameRE.MatchString(name) {
+		return Errorf(Invalid, "invalid variable name %q: use letters, digits and underscores, not starting with a digit", name)
+	}
+	if name == "PORT" || len(name) > 5 && name[:5] == "PIER_" {
+		return Errorf(Invalid, "variable name %q is reserved by pier", name)
+	}
+	return nil
+}

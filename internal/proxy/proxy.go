@@ -1,0 +1,316 @@
+// Package proxy is pier's edge proxy: it routes Host <app>.<domain> to the
+// healthy machines of the app, balances by fewest requests in flight, drains
+// machines before they stop, and counts requests and latency per app.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Proxy is an http.Handler. Routes are changed with AddApp, Add, Remove and
+// Drain while it serves.
+type Proxy struct {
+	domain string
+	log    *slog.Logger
+	// WaitForBackend bounds how long a request to an app with no healthy
+	// machine is held before it gets 503.
+	WaitForBackend time.Duration
+
+	mu        sync.Mutex
+	apps      map[string]*pool
+	rp        *httputil.ReverseProxy
+	transport *http.Transport
+	metrics   *Metrics
+}
+
+type pool struct {
+	backends []*backend
+	next     int
+	changed  chan struct{} // closed (and replaced) when a backend is added
+}
+
+type backend struct {
+	id       string
+	url      *url.URL
+	inflight int
+	draining bool
+	idle     chan struct{} // closed when draining and inflight reaches 0
+}
+
+type ctxKey struct{}
+
+// New returns a proxy serving apps at <app>.<domain>.
+func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 256
+	t.ResponseHeaderTimeout = 0 // apps may take their time; clients decide when to give up
+	p := &Proxy{
+		domain:         strings.ToLower(domain),
+		log:            log,
+		WaitForBackend: 10 * time.Second,
+		apps:           map[string]*pool{},
+		transport:      t,
+		metrics:        m,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			b := pr.In.Context().Value(ctxKey{}).(*backend)
+			pr.SetURL(b.url)
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+			pr.Out.Header.Set("X-Request-Id", pr.In.Header.Get("X-Request-Id"))
+		},
+		Transport: t,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				w.WriteHeader(499) // client went away; nothing to send
+				return
+			}
+			b := r.Context().Value(ctxKey{}).(*backend)
+			p.log.Warn("proxy to machine failed", "machine", b.id, "host", r.Host, "err", err)
+			page(w, http.StatusBadGateway, "The app's machine did not answer", "pier could not get a response from the app. Check `pier logs` for what it said.")
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return p
+}
+
+// AddApp makes the proxy answer for app (with 503 until it has a machine).
+func (p *Proxy) AddApp(app string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.apps[app] == nil {
+		p.apps[app] = &pool{changed: make(chan struct{})}
+	}
+}
+
+// RemoveApp stops answering for app.
+func (p *Proxy) RemoveApp(app string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.apps, app)
+}
+
+// Add routes app's traffic to the machine id at addr (host:port) too.
+func (p *Proxy) Add(app, id, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pl := p.apps[app]
+	if pl == nil {
+		pl = &pool{changed: make(chan struct{})}
+		p.apps[app] = pl
+	}
+	for _, b := range pl.backends {
+		if b.id == id {
+			return
+		}
+	}
+	pl.backends = append(pl.backends, &backend{id: id, url: &url.URL{Scheme: "http", Host: addr}})
+	close(pl.changed)
+	pl.changed = make(chan struct{})
+}
+
+// Remove stops routing new requests to machine id at once (it crashed or
+// failed its checks); requests in flight are left to finish or fail.
+func (p *Proxy) Remove(app, id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.take(app, id)
+}
+
+func (p *Proxy) take(app, id string) *backend {
+	pl := p.apps[app]
+	if pl == nil {
+		return nil
+	}
+	for i, b := range pl.backends {
+		if b.id == id {
+			pl.backends = append(pl.backends[:i:i], pl.backends[i+1:]...)
+			return b
+		}
+	}
+	return nil
+}
+
+// Drain stops routing new requests to machine id and waits until its
+// requests in flight have finished or ctx is done.
+func (p *Proxy) Drain(ctx context.Context, app, id string) error {
+	p.mu.Lock()
+	b := p.take(app, id)
+	if b == nil || b.inflight == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	b.draining = true
+	b.idle = make(chan struct{})
+	idle := b.idle
+	p.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("drain machine %s: %w", id, ctx.Err())
+	}
+}
+
+// CloseIdleConnections drops kept-alive connections to machines, e.g. after
+// machines stopped, so none is reused against a port that changed hands.
+func (p *Proxy) CloseIdleConnections() { p.transport.CloseIdleConnections() }
+
+// Backends returns the ids of the machines app's traffic goes to.
+func (p *Proxy) Backends(app string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ids []string
+	if pl := p.apps[app]; pl != nil {
+		for _, b := range pl.backends {
+			ids = append(ids, b.id)
+		}
+	}
+	return ids
+}
+
+// pick chooses the machine with the fewest requests in flight, rotating
+// among equals, and counts the request against it before unlocking, so a
+// concurrent Drain sees it.
+func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
+	deadline := time.NewTimer(p.WaitForBackend)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		pl := p.apps[app]
+		if pl == nil {
+			p.mu.Unlock()
+			return nil, false, nil
+		}
+		if n := len(pl.backends); n > 0 {
+			var best *backend
+			for i := range n {
+				b := pl.backends[(pl.next+i)%n]
+				if best == nil || b.inflight < best.inflight {
+					best = b
+				}
+			}
+			pl.next = (pl.next + 1) % n
+			best.inflight++
+			p.mu.Unlock()
+			return best, true, nil
+		}
+		changed := pl.changed
+		p.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return nil, true, errNoMachine
+		case <-ctx.Done():
+			return nil, true, ctx.Err()
+		}
+	}
+}
+
+var errNoMachine = errors.New("no healthy machine")
+
+func (p *Proxy) release(b *backend) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b.inflight--
+	if b.draining && b.inflight == 0 {
+		close(b.idle)
+		b.draining = false
+	}
+}
+
+// appOf returns the app named by host, or "" if host is not <app>.<domain>.
+func (p *Proxy) appOf(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	app, ok := strings.CutSuffix(host, "."+p.domain)
+	if !ok || strings.Contains(app, ".") {
+		return ""
+	}
+	return app
+}
+
+// ServeHTTP routes one request.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	app := p.appOf(r.Host)
+	if r.Header.Get("X-Request-Id") == "" {
+		r.Header.Set("X-Request-Id", newRequestID())
+	}
+	b, known, err := p.pick(r.Context(), app)
+	if !known {
+		page(w, http.StatusNotFound, "No app here", fmt.Sprintf("pier has no app at %s. Apps are served at <app>.%s; see `pier apps list`.", r.Host, p.domain))
+		return
+	}
+	sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	if err != nil {
+		if errors.Is(err, errNoMachine) {
+			page(sw, http.StatusServiceUnavailable, "No machine is ready", fmt.Sprintf("%s has no healthy machine right now. Check `pier status -a %s` and `pier logs -a %s`.", app, app, app))
+		} else {
+			sw.code = 499
+		}
+		p.metrics.observe(app, sw.code, time.Since(start))
+		return
+	}
+	p.metrics.inflight.WithLabelValues(app).Inc()
+	defer func() {
+		p.release(b)
+		p.metrics.inflight.WithLabelValues(app).Dec()
+		p.metrics.observe(app, sw.code, time.Since(start))
+	}()
+	p.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, b)))
+}
+
+func newRequestID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// statusWriter records the status code; Unwrap keeps Flush and Hijack
+// (WebSocket upgrades) working through http.ResponseController.
+type statusWriter struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if !s.wroteHeader && code >= 200 {
+		s.code, s.wroteHeader = code, true
+	} else if code == http.StatusSwitchingProtocols {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	s.wroteHeader = true
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func page(w http.ResponseWriter, code int, title, msg string) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("X-Pier-Error", title)
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "<!doctype html><title>%d %s · pier</title><h1>%s</h1><p>%s</p><hr><p>pier edge proxy</p>\n",
+		code, html.EscapeString(title), html.EscapeString(title), html.EscapeString(msg))
+}

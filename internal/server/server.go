@@ -1,0 +1,202 @@
+// Package server assembles and runs `pier server`: state store, keyring,
+// builder, runtime driver, supervisor, edge proxy and API, with a graceful
+// shutdown that drains traffic and stops every machine.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/pier-dev/pier/internal/api"
+	"github.com/pier-dev/pier/internal/auth"
+	"github.com/pier-dev/pier/internal/build"
+	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/logs"
+	"github.com/pier-dev/pier/internal/proxy"
+	"github.com/pier-dev/pier/internal/runtime/process"
+	"github.com/pier-dev/pier/internal/secrets"
+	"github.com/pier-dev/pier/internal/store"
+	"github.com/pier-dev/pier/internal/supervisor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config is the server's configuration (the flags of `pier server`).
+type Config struct {
+	DataDir  string
+	APIAddr  string
+	HTTPAddr string
+	Domain   string
+	// SaveCredentials writes the CLI credentials file for the local user.
+	SaveCredentials bool
+	Log             *slog.Logger
+	// Ready, if set, is called once both listeners are up.
+	Ready func(apiURL string)
+}
+
+// DefaultDataDir is /var/lib/pier for root, else ~/.local/share/pier.
+func DefaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/pier"
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "pier")
+	}
+	return ".pier-data"
+}
+
+// Run serves until ctx is done, then shuts down gracefully.
+func Run(ctx context.Context, c Config) error {
+	log := c.Log
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir %s: %w", c.DataDir, err)
+	}
+	unlock, err := lockDataDir(c.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	st, err := store.Open(ctx, filepath.Join(c.DataDir, "state.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	keys, err := secrets.Load(filepath.Join(c.DataDir, "keys"))
+	if err != nil {
+		return err
+	}
+	token, err := auth.LoadOrCreateToken(c.DataDir)
+	if err != nil {
+		return err
+	}
+	hub, err := logs.NewHub(filepath.Join(c.DataDir, "logs"))
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	edge := proxy.New(c.Domain, proxy.NewMetrics(reg), log.With("component", "proxy"))
+	driver := process.New()
+	builder := &build.Builder{Dir: filepath.Join(c.DataDir, "builds")}
+	sup := supervisor.New(supervisor.Config{
+		Driver: driver, Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
+		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
+	})
+	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
+		Log: log, TempDir: filepath.Join(c.DataDir, "tmp")}
+
+	apiLn, err := net.Listen("tcp", c.APIAddr)
+	if err != nil {
+		return fmt.Errorf("API address %s: %w (is another pier server running? use --api-addr)", c.APIAddr, err)
+	}
+	httpLn, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("HTTP address %s: %w (use --http-addr to pick another)", c.HTTPAddr, err)
+	}
+	apiURL := "http://" + dialable(apiLn.Addr())
+	httpPort := httpLn.Addr().(*net.TCPAddr).Port
+	appURL := func(app string) string {
+		if httpPort == 80 {
+			return fmt.Sprintf("http://%s.%s/", app, c.Domain)
+		}
+		return fmt.Sprintf("http://%s.%s:%d/", app, c.Domain, httpPort)
+	}
+
+	if err := plane.Restore(ctx, driver); err != nil {
+		apiLn.Close()
+		httpLn.Close()
+		return fmt.Errorf("restore apps: %w", err)
+	}
+	apiSrv := &http.Server{
+		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}).Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // h2c, for clients that speak it with prior knowledge
+	httpSrv := &http.Server{
+		Handler:           edge,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- serve(apiSrv, apiLn) }()
+	go func() { errs <- serve(httpSrv, httpLn) }()
+
+	if c.SaveCredentials {
+		if path, err := auth.SaveCredentials(auth.Credentials{API: apiURL, Token: token}); err != nil {
+			log.Warn("could not save CLI credentials; set PIER_API and PIER_TOKEN instead", "err", err)
+		} else {
+			log.Info("saved CLI credentials", "path", path)
+		}
+	}
+	log.Info("pier server ready", "api", apiURL, "http", httpLn.Addr().String(), "domain", c.Domain, "data_dir", c.DataDir)
+	if c.Ready != nil {
+		c.Ready(apiURL)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	log.Info("shutting down: draining traffic and stopping machines")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	httpSrv.Shutdown(shutCtx)
+	apiSrv.Shutdown(shutCtx)
+	sup.Shutdown(0)
+	log.Info("stopped")
+	return runErr
+}
+
+func serve(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// dialable turns a listen address into one a client can dial: an
+// unspecified host becomes loopback.
+func dialable(a net.Addr) string {
+	ta := a.(*net.TCPAddr)
+	host := ta.IP.String()
+	if ta.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(ta.Port))
+}
+
+// lockDataDir makes sure only one server uses a data dir.
+func lockDataDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "server.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another pier server is using %s (stop it first, or pass --data-dir)", dir)
+	}
+	return func() { f.Close() }, nil
+}
