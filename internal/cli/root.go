@@ -15,6 +15,7 @@ import (
 	"github.com/pier-dev/pier/internal/auth"
 	"github.com/pier-dev/pier/internal/client"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultAPI is where the CLI looks for the API when nothing else is set.
@@ -136,8 +137,9 @@ func isTerminal(f any) bool {
 	if !ok {
 		return false
 	}
-	fi, err := file.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	// A character device is not enough: /dev/null is one too.
+	_, err := unix.IoctlGetTermios(int(file.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func absDir(arg string) (string, error) {

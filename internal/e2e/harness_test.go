@@ -1,0 +1,285 @@
+// Package e2e holds pier's integration tests: they build the real pier
+// binary, run `pier server` on loopback ports with a private data dir and
+// HOME, and drive it through the CLI and the edge proxy like a user would.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pier-dev/pier/internal/control"
+)
+
+var pierBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pier-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pierBin = filepath.Join(dir, "pier")
+	build := exec.Command("go", "build", "-o", pierBin, "github.com/pier-dev/pier/cmd/pier")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build pier:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need skips (or, in CI, fails) a test whose tool is missing.
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is required in CI but missing (scripts/deps.sh installs it)", tool)
+			}
+			t.Skipf("%s not installed (run scripts/deps.sh)", tool)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// server is one running `pier server` with its own data dir and HOME.
+type server struct {
+	t        *testing.T
+	root     string // temp dir holding data/ and home/
+	dataDir  string
+	home     string
+	apiPort  int
+	httpPort int
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+	exited   chan struct{}
+}
+
+func startServer(t *testing.T) *server {
+	t.Helper()
+	root := t.TempDir()
+	s := &server{t: t, root: root, dataDir: filepath.Join(root, "data"), home: filepath.Join(root, "home"),
+		apiPort: freePort(t), httpPort: freePort(t)}
+	s.start()
+	t.Cleanup(func() {
+		s.stop(syscall.SIGTERM)
+		if n := s.strays(); len(n) > 0 {
+			t.Errorf("processes of pier machines left after the server stopped: %v", n)
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.log.String())
+		}
+	})
+	return s
+}
+
+// env is the environment of the server and CLI: a private HOME, the real Go
+// build cache (so Go builds stay warm across tests) and no PIER_ settings.
+func (s *server) env() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PIER_") || strings.HasPrefix(kv, "HOME=") || strings.HasPrefix(kv, "XDG_CONFIG_HOME=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	cache, _ := exec.Command("go", "env", "GOCACHE").Output()
+	modcache, _ := exec.Command("go", "env", "GOMODCACHE").Output()
+	return append(env, "HOME="+s.home, "GOCACHE="+strings.TrimSpace(string(cache)), "GOMODCACHE="+strings.TrimSpace(string(modcache)))
+}
+
+func (s *server) start() {
+	s.t.Helper()
+	s.cmd = exec.Command(pierBin, "server", "--data-dir", s.dataDir,
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", s.apiPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", s.httpPort))
+	s.cmd.Env = s.env()
+	if s.log == nil {
+		s.log = &bytes.Buffer{}
+	}
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.exited = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := s.pier("apps", "list"); err == nil {
+			return
+		}
+		select {
+		case <-s.exited:
+			s.t.Fatalf("pier server exited at start:\n%s", s.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("pier server did not answer within 20s:\n%s", s.log.String())
+}
+
+// stop sends sig to the server and waits for it to exit.
+func (s *server) stop(sig syscall.Signal) {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+		s.t.Errorf("pier server did not stop within 30s of %v", sig)
+	}
+}
+
+// strays lists host processes that carry a machine id of this server's
+// data dir: machines that outlived their supervisor.
+func (s *server) strays() []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		// The machine's HOME is the server's, which is unique to this test.
+		if bytes.Contains(env, []byte("PIER_MACHINE_ID=")) && bytes.Contains(env, []byte("HOME="+s.home+"\x00")) {
+			stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+			if !bytes.Contains(stat, []byte(") Z ")) { // zombies are already dead
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// pier runs the CLI and returns its combined output.
+func (s *server) pier(args ...string) (string, error) {
+	return s.pierIn("", args...)
+}
+
+func (s *server) pierIn(dir string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, pierBin, args...)
+	cmd.Dir = dir
+	cmd.Env = s.env()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// mustPier runs the CLI and fails the test if it fails.
+func (s *server) mustPier(args ...string) string {
+	s.t.Helper()
+	out, err := s.pier(args...)
+	if err != nil {
+		s.t.Fatalf("pier %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// status returns `pier status --json` of app.
+func (s *server) status(app string) control.AppStatus {
+	s.t.Helper()
+	var st control.AppStatus
+	if err := json.Unmarshal([]byte(s.mustPier("status", "-a", app, "--json")), &st); err != nil {
+		s.t.Fatal(err)
+	}
+	return st
+}
+
+var proxyClient = &http.Client{Timeout: 30 * time.Second}
+
+// get requests path of app through the edge proxy.
+func (s *server) get(app, path string) (int, string, error) {
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", s.httpPort, path), nil)
+	req.Host = app + ".localhost"
+	resp, err := proxyClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// mustGet expects a 200 whose body contains want.
+func (s *server) mustGet(app, path, want string) string {
+	s.t.Helper()
+	code, body, err := s.get(app, path)
+	if err != nil || code != 200 || !strings.Contains(body, want) {
+		s.t.Fatalf("GET %s%s = %d %q, %v; want 200 containing %q", app, path, code, body, err, want)
+	}
+	return body
+}
+
+// copyApp copies a sample app from testdata into a fresh directory.
+func copyApp(t *testing.T, name string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), name)
+	src := filepath.Join("..", "..", "testdata", "apps", name)
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// token reads the admin token the server created.
+func (s *server) token() string {
+	b, err := os.ReadFile(filepath.Join(s.dataDir, "admin.token"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// eventually retries f until it returns nil or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+}
+
