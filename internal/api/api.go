@@ -173,4 +173,3 @@ func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "time": time.Now().UTC()})
 }
-

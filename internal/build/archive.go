@@ -142,4 +142,3 @@ func Extract(r io.Reader, dir string) error {
 		}
 	}
 }
-

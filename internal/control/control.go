@@ -43,8 +43,8 @@ type Plane struct {
 	// TempDir is where uploads are unpacked before they become builds.
 	TempDir string
 
-	mu    sync.Mutex
-	busy  map[string]string // app -> operation under way
+	mu   sync.Mutex
+	busy map[string]string // app -> operation under way
 }
 
 // lock marks app busy with op; Conflict if another operation holds it.
@@ -248,4 +248,6 @@ func (p *Plane) uploadDir() (string, error) {
 }
 
 // ArtifactPath is the directory of a build.
-func (p *Plane) ArtifactPath(app, buildID string) string { return filepath.Join(p.Builder.Dir, app, buildID) }
+func (p *Plane) ArtifactPath(app, buildID string) string {
+	return filepath.Join(p.Builder.Dir, app, buildID)
+}

@@ -252,4 +252,3 @@ func (p *Plane) changeSecrets(ctx context.Context, app, desc string, out io.Writ
 	r, err := p.rollout(ctx, rel, out)
 	return &r, err
 }
-

@@ -282,4 +282,3 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 	}
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }
-
