@@ -1,0 +1,164 @@
+# bench/lib.sh — helpers shared by bench/proxy.sh and bench/launch.sh.
+# Sourced, not run. Everything here works inside one temp dir ($WORK) and
+# only ever talks to 127.0.0.1.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export GOTOOLCHAIN=local # never download a toolchain; use the Go on the machine
+
+# The pier CLI finds its server through these; a private HOME (set by the
+# caller) gives it private credentials, so stray PIER_ settings or an
+# XDG_CONFIG_HOME from the caller must not leak in.
+unset PIER_API PIER_TOKEN XDG_CONFIG_HOME
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- packages --
+
+# need_packages CMD:PKG ... installs the Debian package of every missing
+# command. apt-get update first: on a fresh machine the package lists are
+# empty. policy-rc.d stops the packages' maintainer scripts from starting the
+# system nginx/haproxy services (we start our own, on our own ports); Debian
+# container images already have one, elsewhere we add one just for the
+# install and take it away again.
+need_packages() {
+	local missing=() pair
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+	done
+	((${#missing[@]})) || return 0
+	[[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or install them first"
+	log "Installing ${missing[*]} with apt-get"
+	local added_policy=
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		added_policy=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+	[[ -z $added_policy ]] || rm -f /usr/sbin/policy-rc.d
+}
+
+# ------------------------------------------------------------- processes --
+
+# Every process we start goes into PIDS; cleanup stops them in reverse order
+# (proxies before the pier server, which in turn stops its app machines).
+PIDS=()
+WORK=
+KEEP_WORK=${KEEP_WORK:-}
+
+# stop_pid PID: SIGTERM, wait up to 20 s (pier drains and stops its machines
+# on SIGTERM), then SIGKILL.
+stop_pid() {
+	local pid=$1 i
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 200; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local rc=$? i
+	set +e
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		stop_pid "${PIDS[i]}"
+	done
+	wait 2>/dev/null
+	if [[ -n $WORK && -d $WORK ]]; then
+		if [[ -n $KEEP_WORK || $rc != 0 ]]; then
+			echo "logs and temp files kept in $WORK" >&2
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+	exit "$rc"
+}
+
+# free_port VAR: sets VAR to a loopback TCP port nobody listens on, picked
+# from 40000-44999 (away from pier's machine ports, 20000-30000, and from the
+# kernel's ephemeral range) and checked by trying to connect. It sets a
+# variable rather than printing so the ports already handed out in this run
+# are remembered (a $(...) subshell would forget them).
+USED_PORTS=" "
+free_port() {
+	local p
+	while :; do
+		p=$((40000 + RANDOM % 5000))
+		[[ $USED_PORTS == *" $p "* ]] && continue
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			USED_PORTS+="$p "
+			printf -v "$1" '%s' "$p"
+			return
+		fi
+	done
+}
+
+# wait_port PORT SECONDS: until something accepts on 127.0.0.1:PORT.
+wait_port() {
+	local i
+	for ((i = 0; i < $2 * 10; i++)); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# cpu_ticks PID...: user+system CPU time of the processes, in clock ticks
+# (fields 14 and 15 of /proc/PID/stat; they cover all threads of a process).
+# The command name (field 2) may contain spaces, so cut up to its ")".
+cpu_ticks() {
+	local pid stat total=0 f
+	for pid in "$@"; do
+		stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
+		read -r -a f <<<"${stat##*) }" # f[0] is field 3 (state)
+		total=$((total + f[11] + f[12]))
+	done
+	echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# ------------------------------------------------------------------ pier --
+
+# build_pier: builds the CLI/server into $WORK (not bin/, so the repo is not
+# touched). Uses the caller's build cache so this stays quick.
+build_pier() {
+	log "Building pier"
+	(cd "$REPO" && go build -o "$WORK/pier" ./cmd/pier)
+	PIER="$WORK/pier"
+}
+
+# start_pier DATA_DIR LOGFILE [VAR=VALUE...]: runs `pier server` on two free
+# loopback ports with HOME=$WORK/home (so its CLI credentials are private to
+# this run), plus the given environment (GOCACHE etc.: builds run in the
+# server's environment). Sets PIER_PID, API_PORT, HTTP_PORT.
+start_pier() {
+	local data=$1 logf=$2
+	shift 2
+	free_port API_PORT
+	free_port HTTP_PORT
+	mkdir -p "$WORK/home"
+	env HOME="$WORK/home" "$@" "$PIER" server --data-dir "$data" \
+		--api-addr "127.0.0.1:$API_PORT" --http-addr "127.0.0.1:$HTTP_PORT" >"$logf" 2>&1 &
+	PIER_PID=$!
+	PIDS+=("$PIER_PID")
+	wait_port "$HTTP_PORT" 30 && wait_port "$API_PORT" 30 || die "pier server did not come up; see $logf"
+	# The credentials file is written right after the listeners are up.
+	local i
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $WORK/home/.config/pier/credentials.json ]] && return 0
+		sleep 0.1
+	done
+	die "pier server saved no credentials; see $logf"
+}
+
+# pier ARGS...: the CLI, talking to our server through the saved credentials.
+pier() { HOME="$WORK/home" "$PIER" "$@"; }
+
+# http_code HOST URL: status code of GET URL with Host: HOST ("000" if none).
+http_code() {
+	curl -s -o /dev/null -w '%{http_code}' --max-time 15 -H "Host: $1" "$2" || true
+}

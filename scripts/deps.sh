@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what pier and its tests need on a fresh Debian machine with Go:
+# git, curl, Python 3 and Node.js/npm (for the Python and Node builders).
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+missing=()
+command -v git >/dev/null || missing+=(git)
+command -v curl >/dev/null || missing+=(curl ca-certificates)
+command -v python3 >/dev/null || missing+=(python3)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v gcc >/dev/null || missing+=(gcc libc6-dev) # the race detector needs cgo
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    SUDO=sudo
+  else
+    SUDO=
+  fi
+  echo "==> Installing ${missing[*]} (apt-get)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+  echo "pier needs Go (https://go.dev/doc/install); it was not found on PATH" >&2
+  exit 1
+fi
