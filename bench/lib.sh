@@ -121,6 +121,36 @@ cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+# busy_ticks: CPU ticks the whole machine (all cores) has spent running
+# processes since boot, from the first line of /proc/stat (user nice system
+# idle iowait irq softirq steal ...). irq and softirq are left out: loopback
+# TCP traffic is partly processed there, and that time belongs to no process,
+# so it would be counted as "other load" though the benchmark caused it.
+busy_ticks() {
+	local _cpu u n s _idle _iow _irq _sirq steal _rest
+	read -r _cpu u n s _idle _iow _irq _sirq steal _rest </proc/stat
+	echo $((u + n + s + steal))
+}
+
+# wait_quiet: the machine is shared (2 cores; other sessions may be
+# compiling or testing). Before a measurement wait, up to QUIET_WAIT seconds
+# (default 120), until less than QUIET_PCT percent (default 10) of the
+# machine's CPU is busy over one second, so other work skews the numbers as
+# little as possible. Gives up with a warning rather than failing.
+wait_quiet() {
+	local max=${QUIET_WAIT:-120} pct=${QUIET_PCT:-10} cores b0 b1 used i
+	cores=$(nproc)
+	for ((i = 0; i < max; i++)); do
+		b0=$(busy_ticks)
+		sleep 1
+		b1=$(busy_ticks)
+		used=$(((b1 - b0) * 100 / (CLK_TCK * cores)))
+		((used < pct)) && return 0
+		((i == 0)) && log "machine ${used}% busy with other work; waiting up to ${max}s for it to calm down"
+	done
+	log "warning: machine still ${used}% busy after ${max}s; measuring anyway"
+}
+
 # ------------------------------------------------------------------ pier --
 
 # build_pier: builds the CLI/server into $WORK (not bin/, so the repo is not
