@@ -90,8 +90,12 @@ The app must listen on the port in $PORT.`,
 				fmt.Fprintf(e.stdout, "==> Created app %s\n", name)
 			} else if err != nil {
 				return err
+			} else if !hadConfig || cfg.App != name {
+				// Only a pier.toml that names the app makes launch reuse it:
+				// a name clash must not overwrite someone else's app.
+				return fmt.Errorf("an app named %s already exists: choose another name with --name, or deploy to it on purpose with `pier deploy -a %s`", name, name)
 			} else {
-				fmt.Fprintf(e.stdout, "==> App %s exists; deploying a new release\n", name)
+				fmt.Fprintf(e.stdout, "==> App %s exists (named in pier.toml); deploying a new release\n", name)
 			}
 			if !hadConfig || cfg.App == "" {
 				cfg.App = name

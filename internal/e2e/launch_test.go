@@ -115,3 +115,21 @@ func TestBadInputChangesNothing(t *testing.T) {
 		}
 	})
 }
+
+// TestLaunchDoesNotTakeOverAnApp checks that launching a different directory
+// under an existing app's name is refused, while relaunching the directory
+// whose pier.toml names the app deploys a new release.
+func TestLaunchDoesNotTakeOverAnApp(t *testing.T) {
+	s := startServer(t)
+	first := copyApp(t, "go")
+	s.mustPier("launch", first, "--name", "taken", "--yes")
+	out, err := s.pier("launch", copyApp(t, "static"), "--name", "taken", "--yes")
+	if err == nil || !strings.Contains(out, "an app named taken already exists") {
+		t.Fatalf("launch over an existing app: %v\n%s", err, out)
+	}
+	s.mustGet("taken", "/", "hello from go")
+	out = s.mustPier("launch", first, "--yes")
+	if !strings.Contains(out, "taken v2 is live") {
+		t.Errorf("relaunch of the app's own directory:\n%s", out)
+	}
+}

@@ -20,9 +20,10 @@ const MaxFileBytes = 16 << 20
 
 // Hub stores and fans out log lines. It is safe for concurrent use.
 type Hub struct {
-	dir  string
-	mu   sync.Mutex
-	subs map[string]map[chan pier.LogLine]struct{}
+	dir   string
+	mu    sync.Mutex
+	subs  map[string]map[chan pier.LogLine]struct{}
+	files map[string]*openFile
 }
 
 // NewHub keeps log files in dir.
@@ -30,7 +31,7 @@ func NewHub(dir string) (*Hub, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Hub{dir: dir, subs: map[string]map[chan pier.LogLine]struct{}{}}, nil
+	return &Hub{dir: dir, subs: map[string]map[chan pier.LogLine]struct{}{}, files: map[string]*openFile{}}, nil
 }
 
 func (h *Hub) path(app string) string { return filepath.Join(h.dir, app+".log") }
@@ -42,13 +43,10 @@ func (h *Hub) Append(l pier.LogLine) {
 	b = append(b, '\n')
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	p := h.path(l.App)
-	if fi, err := os.Stat(p); err == nil && fi.Size() > MaxFileBytes {
-		os.Rename(p, p+".1")
-	}
-	if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
-		f.Write(b)
-		f.Close()
+	if f := h.file(l.App); f != nil {
+		if n, err := f.f.Write(b); err == nil {
+			f.size += int64(n)
+		}
 	}
 	for ch := range h.subs[l.App] {
 		select {
@@ -56,6 +54,35 @@ func (h *Hub) Append(l pier.LogLine) {
 		default:
 		}
 	}
+}
+
+// file returns app's open log file, rotating it when it is full. h.mu is held.
+func (h *Hub) file(app string) *openFile {
+	f := h.files[app]
+	if f != nil && f.size > MaxFileBytes {
+		f.f.Close()
+		os.Rename(h.path(app), h.path(app)+".1")
+		f = nil
+	}
+	if f == nil {
+		file, err := os.OpenFile(h.path(app), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil
+		}
+		fi, err := file.Stat()
+		if err != nil {
+			file.Close()
+			return nil
+		}
+		f = &openFile{f: file, size: fi.Size()}
+		h.files[app] = f
+	}
+	return f
+}
+
+type openFile struct {
+	f    *os.File
+	size int64
 }
 
 // Writer returns a writer whose every Write is one line of app's machine on
@@ -140,10 +167,24 @@ func (h *Hub) Subscribe(app string) (<-chan pier.LogLine, func()) {
 	}
 }
 
+// Close closes the open log files.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for app, f := range h.files {
+		f.f.Close()
+		delete(h.files, app)
+	}
+}
+
 // Remove deletes an app's log files.
 func (h *Hub) Remove(app string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if f := h.files[app]; f != nil {
+		f.f.Close()
+		delete(h.files, app)
+	}
 	os.Remove(h.path(app))
 	os.Remove(h.path(app) + ".1")
 }

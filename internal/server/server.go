@@ -84,6 +84,7 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
+	defer hub.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
@@ -128,6 +129,9 @@ func Run(ctx context.Context, c Config) error {
 		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Requests see the server's context, so long streams (logs -f) end
+		// at shutdown instead of holding it up; deploys detach from it.
+		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
