@@ -34,5 +34,7 @@ url=$("$PIER" status -a hello --json | python3 -c 'import json,sys; print(json.l
 echo
 echo "Try it:  curl $url"
 echo "         (or: curl -H 'Host: hello.localhost' http://127.0.0.1:8080/)"
-echo "Then:    $PIER status -a hello | $PIER logs -a hello -f | $PIER --help"
+echo "More:    $PIER status -a hello"
+echo "         $PIER logs -a hello -f"
+echo "         $PIER --help"
 echo "Stop:    kill \$(pgrep -f 'bin/pier server')"
