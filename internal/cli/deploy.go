@@ -23,11 +23,7 @@ checks fail, the running release keeps serving untouched.`,
   pier deploy ./web -a web`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := "."
-			if len(args) == 1 {
-				dir = args[0]
-			}
-			dir, err := absDir(dir)
+			dir, err := dirArg(args)
 			if err != nil {
 				return err
 			}

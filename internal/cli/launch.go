@@ -36,11 +36,7 @@ The app must listen on the port in $PORT.`,
   pier launch ./web --name web --yes`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := "."
-			if len(args) == 1 {
-				dir = args[0]
-			}
-			dir, err := absDir(dir)
+			dir, err := dirArg(args)
 			if err != nil {
 				return err
 			}

@@ -19,11 +19,7 @@ func (e *env) logsCmd() *cobra.Command {
   pier logs -n 1000 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}

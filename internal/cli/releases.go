@@ -16,11 +16,7 @@ func (e *env) releasesCmd() *cobra.Command {
   pier releases -a web --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}

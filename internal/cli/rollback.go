@@ -26,11 +26,7 @@ with the same zero-downtime rollout as a deploy. Secrets stay as they are now.`,
 				}
 				version = v
 			}
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}

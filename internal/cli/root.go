@@ -125,6 +125,24 @@ func (e *env) appName() (string, error) {
 	return cfg.App, nil
 }
 
+// appClient resolves the app and the API client, for commands on one app.
+func (e *env) appClient() (string, *client.Client, error) {
+	app, err := e.appName()
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := e.client()
+	return app, c, err
+}
+
+// dirArg is the optional DIR argument of launch and deploy, made absolute.
+func dirArg(args []string) (string, error) {
+	if len(args) == 1 {
+		return absDir(args[0])
+	}
+	return absDir(".")
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -23,11 +23,7 @@ func (e *env) scaleCmd() *cobra.Command {
 			if err != nil || n < 0 {
 				return fmt.Errorf("count %q is not a whole number of machines (0 or more)", args[0])
 			}
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}

@@ -24,11 +24,7 @@ sees the change.`,
 		Example: `  pier secrets list -a web`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}
@@ -69,11 +65,7 @@ sees the change.`,
 				}
 				values[k] = v
 			}
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}
@@ -89,11 +81,7 @@ sees the change.`,
 		Example: `  pier secrets unset API_KEY`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := e.appName()
-			if err != nil {
-				return err
-			}
-			c, err := e.client()
+			app, c, err := e.appClient()
 			if err != nil {
 				return err
 			}

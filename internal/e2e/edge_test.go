@@ -58,16 +58,9 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 	})
 
 	t.Run("metrics per app", func(t *testing.T) {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/metrics", s.apiPort), nil)
-		req.Header.Set("Authorization", "Bearer "+s.token())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		b := s.api("/metrics")
 		for _, want := range []string{`pier_http_requests_total{app="edge",code="200"}`, `pier_http_request_duration_seconds_bucket{app="edge"`} {
-			if !strings.Contains(string(b), want) {
+			if !strings.Contains(b, want) {
 				t.Errorf("/metrics lacks %s", want)
 			}
 		}
@@ -128,16 +121,9 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 	})
 
 	t.Run("events", func(t *testing.T) {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/v1/apps/edge/events", s.apiPort), nil)
-		req.Header.Set("Authorization", "Bearer "+s.token())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		b := s.api("/v1/apps/edge/events")
 		for _, want := range []string{`"type": "app.create"`, `"type": "deploy"`, `"message": "scaled to 3 machine(s)"`, `"message": "scaled to 1 machine(s)"`} {
-			if !strings.Contains(string(b), want) {
+			if !strings.Contains(b, want) {
 				t.Errorf("events lack %s:\n%s", want, b)
 			}
 		}

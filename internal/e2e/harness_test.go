@@ -260,6 +260,23 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
+// api makes an authenticated GET of the API and returns the body.
+func (s *server) api(path string) string {
+	s.t.Helper()
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", s.apiPort, path), nil)
+	req.Header.Set("Authorization", "Bearer "+s.token())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		s.t.Fatalf("GET %s = %d %s", path, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
 // token reads the admin token the server created.
 func (s *server) token() string {
 	b, err := os.ReadFile(filepath.Join(s.dataDir, "admin.token"))
