@@ -68,6 +68,24 @@ func value(t *testing.T, reg *prometheus.Registry, name string, labels map[strin
 	return 0, false
 }
 
+// waitValue waits until the series of name with labels has value want: a
+// request is counted when the proxy's handler returns, which the client
+// may see its response before.
+func waitValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		got, ok := value(t, reg, name, labels)
+		if ok && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v = %v (present %v), want %v; series: %v", name, labels, got, ok, want, gather(t, reg, name))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestMetricsCountRequestsByAppAndCode(t *testing.T) {
 	f := newFixture(t)
 	f.p.Add("web", "m1", upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -85,6 +103,8 @@ func TestMetricsCountRequestsByAppAndCode(t *testing.T) {
 
 	const requests = "pier_http_requests_total"
 	const latency = "pier_http_request_duration_seconds"
+	waitValue(t, f.reg, latency, map[string]string{"app": "web"}, 4)
+	waitValue(t, f.reg, latency, map[string]string{"app": "idle"}, 1)
 	counts := []struct {
 		app, code string
 		want      float64
@@ -131,9 +151,7 @@ func TestMetricsInFlight(t *testing.T) {
 	}
 	a.finish()
 	<-res
-	if got, _ := value(t, f.reg, "pier_http_requests_in_flight", map[string]string{"app": "web"}); got != 0 {
-		t.Errorf("in flight after the request = %v, want 0", got)
-	}
+	waitValue(t, f.reg, "pier_http_requests_in_flight", map[string]string{"app": "web"}, 0)
 }
 
 func TestMetricsClientGoneIs499(t *testing.T) {
@@ -156,17 +174,7 @@ func TestMetricsClientGoneIs499(t *testing.T) {
 	if err := <-errc; err == nil {
 		t.Fatal("request succeeded after the client cancelled it")
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		got, _ := value(t, f.reg, "pier_http_requests_total", map[string]string{"app": "web", "code": "499"})
-		if got == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pier_http_requests_total{app=web,code=499} = %v, want 1; series: %v", got, gather(t, f.reg, "pier_http_requests_total"))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitValue(t, f.reg, "pier_http_requests_total", map[string]string{"app": "web", "code": "499"}, 1)
 }
 
 func TestMetricsForget(t *testing.T) {
@@ -175,6 +183,8 @@ func TestMetricsForget(t *testing.T) {
 	f.p.Add("api", "m2", upstream(t, named("api")))
 	f.get(t, "web.apps.test", "/")
 	f.get(t, "api.apps.test", "/")
+	waitValue(t, f.reg, "pier_http_request_duration_seconds", map[string]string{"app": "web"}, 1)
+	waitValue(t, f.reg, "pier_http_request_duration_seconds", map[string]string{"app": "api"}, 1)
 	f.p.metrics.Forget("web")
 	for _, name := range []string{"pier_http_requests_total", "pier_http_request_duration_seconds", "pier_http_requests_in_flight"} {
 		apps := map[string]bool{}

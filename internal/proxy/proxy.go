@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -294,8 +295,6 @@ type statusWriter struct {
 func (s *statusWriter) WriteHeader(code int) {
 	if !s.wroteHeader && code >= 200 {
 		s.code, s.wroteHeader = code, true
-	} else if code == http.StatusSwitchingProtocols {
-		s.code = code
 	}
 	s.ResponseWriter.WriteHeader(code)
 }
@@ -306,6 +305,13 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Hijack is how ReverseProxy completes an upgrade (WebSocket): it writes the
+// 101 itself on the raw connection, so this is where the code is seen.
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	s.code, s.wroteHeader = http.StatusSwitchingProtocols, true
+	return http.NewResponseController(s.ResponseWriter).Hijack()
+}
 
 func page(w http.ResponseWriter, code int, title, msg string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -24,7 +24,14 @@ type Progress func(format string, args ...any)
 //
 // In both, no old machine is touched until every new one is healthy, so a
 // release that fails its checks leaves the running one serving as it was.
-func (s *Supervisor) Deploy(ctx context.Context, rel pier.Release, env []string, count int, progress Progress) error {
+func (s *Supervisor) Deploy(ctx context.Context, rel pier.Release, env []string, count int, report Progress) error {
+	// Machines report from their own goroutines; callers get one line at a time.
+	var progressMu sync.Mutex
+	progress := func(format string, args ...any) {
+		progressMu.Lock()
+		defer progressMu.Unlock()
+		report(format, args...)
+	}
 	old := s.serving(rel.App)
 	cfg := rel.Config
 	var started []*machine
@@ -79,7 +86,7 @@ func (s *Supervisor) Deploy(ctx context.Context, rel pier.Release, env []string,
 
 // waitHealthy waits until every machine has passed its checks. It fails as
 // soon as one exits, or when timeout passes.
-func (s *Supervisor) waitHealthy(ctx context.Context, ms []*machine, timeout time.Duration, progress Progress) error {
+func (s *Supervisor) waitHealthy(ctx context.Context, ms []*machine, timeout time.Duration, progress func(string, ...any)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	errs := make(chan error, len(ms))
@@ -106,15 +113,18 @@ func (s *Supervisor) waitHealthy(ctx context.Context, ms []*machine, timeout tim
 	}
 	wg.Wait()
 	close(errs)
+	// A machine's own failure says more than the cancellation it caused in
+	// the others, so it wins.
+	var first error
 	for err := range errs {
 		if pier.KindOf(err) == pier.Failed {
 			return err
 		}
+		if first == nil {
+			first = err
+		}
 	}
-	for err := range errs {
-		return err
-	}
-	return nil
+	return first
 }
 
 func describeChecks(checks []pier.Check) string {

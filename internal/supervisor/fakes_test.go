@@ -71,17 +71,18 @@ type fakeDriver struct {
 var _ Driver = (*fakeDriver)(nil)
 
 func newFakeDriver(t *testing.T, tl *timeline) *fakeDriver {
-	d := &fakeDriver{t: t, tl: tl, procs: map[string][]*fakeProc{}}
-	t.Cleanup(func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		for _, ps := range d.procs {
-			for _, p := range ps {
-				p.end(runtime.Exit{Code: -1, Signal: "test over"})
-			}
+	return &fakeDriver{t: t, tl: tl, procs: map[string][]*fakeProc{}}
+}
+
+// endAll makes every machine still running exit.
+func (d *fakeDriver) endAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ps := range d.procs {
+		for _, p := range ps {
+			p.end(runtime.Exit{Code: -1, Signal: "test over"})
 		}
-	})
-	return d
+	}
 }
 
 // mode is the fake app's behaviour: the start command without the "exec "
@@ -392,9 +393,20 @@ func newHarness(t *testing.T) *harness {
 		Self:      selfBinary,
 		StopGrace: 200 * time.Millisecond,
 	})
-	// Registered after the driver's cleanup, so it runs first: machines are
-	// stopped by the supervisor before the fakes are torn down.
-	t.Cleanup(func() { h.s.Shutdown(0) })
+	// Machines are stopped by the supervisor, then whatever it failed to
+	// stop is ended, so a broken shutdown fails the test instead of hanging
+	// it.
+	t.Cleanup(func() {
+		done := make(chan struct{})
+		go func() { defer close(done); h.s.Shutdown(0) }()
+		select {
+		case <-done:
+		case <-time.After(6 * wait):
+			t.Error("Shutdown did not return")
+		}
+		h.driver.endAll()
+		hub.Close()
+	})
 	return h
 }
 

@@ -18,10 +18,11 @@ import (
 // checks its health, restarts it with backoff when it dies, and stops it when
 // asked.
 type machine struct {
-	s   *Supervisor
-	id  string
-	app string
-	rel pier.Release
+	s       *Supervisor
+	id      string
+	app     string
+	rel     pier.Release
+	created time.Time // when the supervisor made it; never changes
 
 	stop    chan struct{} // closed to ask the machine to stop for good
 	done    chan struct{} // closed when the machine has stopped for good
@@ -99,6 +100,13 @@ func (m *machine) run(env []string) {
 			m.mu.Lock()
 			m.proc, m.state, m.startedAt = proc, pier.MachineStarted, began
 			m.mu.Unlock()
+			// shutdown may have run while Start was under way and found no
+			// process to signal: it is waiting for this one to end.
+			select {
+			case <-m.stop:
+				proc.Signal(syscall.SIGKILL)
+			default:
+			}
 			checking := make(chan struct{})
 			checked := make(chan struct{})
 			go func() { defer close(checked); m.watchHealth(proc.Addr(), checking) }()

@@ -121,7 +121,7 @@ func Env(rel pier.Release, secrets map[string]string) []string {
 
 // start launches a machine of rel. It does not wait for it to be healthy.
 func (s *Supervisor) start(rel pier.Release, env []string, routable bool) (*machine, error) {
-	m := &machine{s: s, id: newMachineID(), app: rel.App, rel: rel, routable: routable,
+	m := &machine{s: s, id: newMachineID(), app: rel.App, rel: rel, routable: routable, created: time.Now(),
 		stop: make(chan struct{}), done: make(chan struct{}), healthy: make(chan struct{}), exits: make(chan runtime.Exit, 1),
 		state: pier.MachineStarting, startedAt: time.Now()}
 	// Recorded before the process exists, so a crash of the server right
@@ -166,7 +166,7 @@ func (s *Supervisor) serving(app string) []*machine {
 			out = append(out, m)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].startedAt.Before(out[j].startedAt) })
+	sort.Slice(out, func(i, j int) bool { return out[i].created.Before(out[j].created) })
 	return out
 }
 
