@@ -64,7 +64,7 @@ func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.
 		start := time.Now()
 		if err := cmd.Run(); err != nil {
 			if ctx.Err() != nil {
-				return "", fmt.Errorf("build cancelled: %w", ctx.Err())
+				return "", fmt.Errorf("build step `%s` stopped: %w", step, context.Cause(ctx))
 			}
 			return "", &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("build step `%s` failed", step), Err: err}
 		}

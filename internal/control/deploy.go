@@ -16,6 +16,10 @@ import (
 	"github.com/pier-dev/pier/internal/supervisor"
 )
 
+// BuildTimeout bounds a build, so a hung step cannot hold an app's deploy
+// lock forever.
+const BuildTimeout = 30 * time.Minute
+
 // Upload is a source tree unpacked and checked, ready to build.
 type Upload struct {
 	App    string
@@ -77,7 +81,9 @@ func (p *Plane) Deploy(ctx context.Context, u *Upload, out io.Writer) (pier.Rele
 	fmt.Fprintf(out, "==> Building %s: %s\n", u.App, u.Plan.Describe())
 	begin := time.Now()
 	buildLog := p.Logs.Writer(u.App, "build", "stdout")
-	id, err := p.Builder.Build(ctx, u.App, u.Dir, u.Plan, io.MultiWriter(out, buildLog))
+	bctx, cancel := context.WithTimeoutCause(ctx, BuildTimeout, pier.Errorf(pier.Failed, "build took longer than %s", BuildTimeout))
+	id, err := p.Builder.Build(bctx, u.App, u.Dir, u.Plan, io.MultiWriter(out, buildLog))
+	cancel()
 	buildLog.Flush()
 	if err != nil {
 		p.event(ctx, u.App, "build.failed", "build failed: %v", err)
