@@ -26,4 +26,3 @@ func TestMetricsUpgradeCountedAs101(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
