@@ -24,7 +24,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-need_packages curl:curl jq:jq
+need_packages curl:curl jq:jq ss:iproute2
 command -v go >/dev/null || die "go is needed to build pier and the app"
 
 WORK=$(mktemp -d /tmp/pier-bench-launch.XXXXXX)

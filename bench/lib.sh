@@ -78,30 +78,33 @@ cleanup() {
 	exit "$rc"
 }
 
-# free_port VAR: sets VAR to a loopback TCP port nobody listens on, picked
-# from 40000-44999 (away from pier's machine ports, 20000-30000, and from the
-# kernel's ephemeral range) and checked by trying to connect. It sets a
-# variable rather than printing so the ports already handed out in this run
-# are remembered (a $(...) subshell would forget them).
+# free_port VAR: sets VAR to a loopback TCP port no socket uses, picked from
+# 10000-19999: below the kernel's ephemeral range (32768-60999 by default,
+# where outgoing connections take their local ports) and pier's machine ports
+# (20000-30000). "No socket uses it" is checked with ss, listening or not.
+# It sets a variable rather than printing so the ports already handed out in
+# this run are remembered (a $(...) subshell would forget them). Another
+# program may still take the port before we bind it; start_pier retries.
 USED_PORTS=" "
 free_port() {
 	local p
 	while :; do
-		p=$((40000 + RANDOM % 5000))
+		p=$((10000 + RANDOM % 10000))
 		[[ $USED_PORTS == *" $p "* ]] && continue
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			USED_PORTS+="$p "
-			printf -v "$1" '%s' "$p"
-			return
-		fi
+		[[ -z $(ss -Htan "( sport = :$p )") ]] || continue
+		USED_PORTS+="$p "
+		printf -v "$1" '%s' "$p"
+		return
 	done
 }
 
-# wait_port PORT SECONDS: until something accepts on 127.0.0.1:PORT.
+# wait_port PORT SECONDS [PID]: until something accepts on 127.0.0.1:PORT;
+# gives up early if process PID (the one meant to listen) has exited.
 wait_port() {
 	local i
 	for ((i = 0; i < $2 * 10; i++)); do
 		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		[[ -z ${3:-} ]] || kill -0 "$3" 2>/dev/null || return 1
 		sleep 0.1
 	done
 	return 1
@@ -166,16 +169,26 @@ build_pier() {
 # this run), plus the given environment (GOCACHE etc.: builds run in the
 # server's environment). Sets PIER_PID, API_PORT, HTTP_PORT.
 start_pier() {
-	local data=$1 logf=$2
+	local data=$1 logf=$2 try
 	shift 2
-	free_port API_PORT
-	free_port HTTP_PORT
 	mkdir -p "$WORK/home"
-	env HOME="$WORK/home" "$@" "$PIER" server --data-dir "$data" \
-		--api-addr "127.0.0.1:$API_PORT" --http-addr "127.0.0.1:$HTTP_PORT" >"$logf" 2>&1 &
-	PIER_PID=$!
-	PIDS+=("$PIER_PID")
-	wait_port "$HTTP_PORT" 30 && wait_port "$API_PORT" 30 || die "pier server did not come up; see $logf"
+	for try in 1 2 3; do
+		free_port API_PORT
+		free_port HTTP_PORT
+		env HOME="$WORK/home" "$@" "$PIER" server --data-dir "$data" \
+			--api-addr "127.0.0.1:$API_PORT" --http-addr "127.0.0.1:$HTTP_PORT" >"$logf" 2>&1 &
+		PIER_PID=$!
+		PIDS+=("$PIER_PID")
+		if wait_port "$HTTP_PORT" 30 "$PIER_PID" && wait_port "$API_PORT" 30 "$PIER_PID" && kill -0 "$PIER_PID" 2>/dev/null; then
+			break
+		fi
+		# Lost a race for a port to some other program: try other ports.
+		if grep -q 'address already in use' "$logf" && ((try < 3)); then
+			stop_pid "$PIER_PID"
+			continue
+		fi
+		die "pier server did not come up; see $logf"
+	done
 	# The credentials file is written right after the listeners are up.
 	local i
 	for ((i = 0; i < 100; i++)); do

@@ -44,7 +44,7 @@ WORKERS=${WORKERS:-2}
 APP=benchapp
 HOSTHDR="$APP.localhost"
 
-need_packages wrk:wrk nginx:nginx haproxy:haproxy curl:curl jq:jq
+need_packages wrk:wrk nginx:nginx haproxy:haproxy curl:curl jq:jq ss:iproute2
 command -v go >/dev/null || die "go is needed to build pier"
 
 WORK=$(mktemp -d /tmp/pier-bench-proxy.XXXXXX)
@@ -133,7 +133,7 @@ nginx "${nginx_args[@]}" -t -q
 nginx "${nginx_args[@]}" -g 'daemon off;' &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
-wait_port "$NGINX_PORT" 10 || die "nginx did not start; see $WORK/nginx/error.log"
+wait_port "$NGINX_PORT" 10 "$NGINX_PID" || die "nginx did not start; see $WORK/nginx/error.log"
 for _ in {1..50}; do
 	mapfile -t NGINX_WORKERS < <(pgrep -P "$NGINX_PID" || true)
 	((${#NGINX_WORKERS[@]} >= WORKERS)) && break
@@ -176,7 +176,7 @@ haproxy -c -q -f "$WORK/haproxy/haproxy.cfg"
 haproxy -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
 PIDS+=("$HAPROXY_PID")
-wait_port "$HAPROXY_PORT" 10 || die "haproxy did not start; see $WORK/haproxy/haproxy.log"
+wait_port "$HAPROXY_PORT" 10 "$HAPROXY_PID" || die "haproxy did not start; see $WORK/haproxy/haproxy.log"
 log "haproxy pid $HAPROXY_PID on 127.0.0.1:$HAPROXY_PORT"
 
 # ---------------------------------------------------------------- cases ---

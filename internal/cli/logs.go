@@ -12,14 +12,14 @@ func (e *env) logsCmd() *cobra.Command {
 	var follow, asJSON bool
 	var lines int
 	cmd := &cobra.Command{
-		Use:   "logs",
+		Use:   "logs [APP]",
 		Short: "Show an app's output (and its builds'), with time and machine id",
 		Example: `  pier logs
-  pier logs -a web -f
+  pier logs web -f
   pier logs -n 1000 --json`,
-		Args: cobra.NoArgs,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, c, err := e.appClient()
+			app, c, err := e.appClient(args...)
 			if err != nil {
 				return err
 			}

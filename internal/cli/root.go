@@ -126,7 +126,14 @@ func (e *env) appName() (string, error) {
 }
 
 // appClient resolves the app and the API client, for commands on one app.
-func (e *env) appClient() (string, *client.Client, error) {
+// A command that takes the app as an optional argument passes its args.
+func (e *env) appClient(args ...string) (string, *client.Client, error) {
+	if len(args) == 1 {
+		if e.app != "" && e.app != args[0] {
+			return "", nil, fmt.Errorf("two apps given: %s and -a %s", args[0], e.app)
+		}
+		e.app = args[0]
+	}
 	app, err := e.appName()
 	if err != nil {
 		return "", nil, err

@@ -11,13 +11,13 @@ import (
 func (e *env) statusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status",
+		Use:   "status [APP]",
 		Short: "Show an app's URL, current release and machines",
 		Example: `  pier status
   pier status -a web --json`,
-		Args: cobra.NoArgs,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, c, err := e.appClient()
+			app, c, err := e.appClient(args...)
 			if err != nil {
 				return err
 			}

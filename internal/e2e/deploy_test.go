@@ -190,7 +190,7 @@ func TestCrashedMachineComesBack(t *testing.T) {
 	if after := s.status("crashy").Machines[0]; after.PID == before.PID || after.ID != before.ID {
 		t.Errorf("machine after restart: %+v (before %+v)", after, before)
 	}
-	if logs := s.mustPier("logs", "-a", "crashy"); strings.Count(logs, "listening on") < 2 {
+	if logs := s.mustPier("logs", "crashy"); strings.Count(logs, "listening on") < 2 {
 		t.Errorf("logs do not show the restart:\n%s", logs)
 	}
 }
