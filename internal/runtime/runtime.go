@@ -4,6 +4,7 @@
 package runtime
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"syscall"
@@ -13,11 +14,68 @@ import (
 type Spec struct {
 	ID      string    // machine id; unique for the life of the data dir
 	App     string    // app name, for logs
-	Dir     string    // working directory: the release artifact
+	Dir     string    // host directory of the release artifact ("" for image machines)
 	Command []string  // argv; run as is (shells are the caller's choice)
 	Env     []string  // complete environment except PORT, which the driver sets
 	Stdout  io.Writer // receives the machine's stdout; written from one goroutine
 	Stderr  io.Writer // receives the machine's stderr; written from one goroutine
+
+	// The fields below are for isolating runtimes (runc); the process
+	// runtime ignores them.
+
+	// Rootfs are read-only host directories stacked as the machine's root
+	// filesystem, topmost first (an unpacked image, or host system dirs).
+	// Each machine gets its own writable layer on top.
+	Rootfs []string
+	// Mounts are host paths bound into the machine.
+	Mounts []Mount
+	// Files are written into the machine's writable layer before it starts.
+	Files []File
+	// WorkDir is the working directory inside the machine (default "/").
+	WorkDir string
+	// User is "uid[:gid]" inside the machine (default 0:0).
+	User string
+	// Port is the port the machine listens on; 0 lets the driver choose.
+	// It is passed as PORT.
+	Port int
+	// Resources are cgroup limits; zero values mean the driver's defaults.
+	Resources Resources
+	// DenyOutbound cuts the machine off from networks beyond pier.
+	DenyOutbound bool
+}
+
+// Mount binds a host path into a machine.
+type Mount struct {
+	Source   string // host path
+	Target   string // path inside the machine
+	ReadOnly bool
+}
+
+// File is a file to place in a machine.
+type File struct {
+	Path string // absolute path inside the machine
+	Data []byte
+	Mode uint32 // default 0644
+}
+
+// Resources are a machine's limits.
+type Resources struct {
+	CPUs     float64 // CPU time, in cores (e.g. 0.5)
+	MemoryMB int     // memory limit; exceeding it gets the machine OOM-killed
+	Pids     int     // maximum number of processes
+}
+
+// Execer is implemented by processes that can run a command inside the
+// running machine.
+type Execer interface {
+	Exec(ctx context.Context, cmd []string, stdin []byte) (ExecResult, error)
+}
+
+// ExecResult is the outcome of an Exec.
+type ExecResult struct {
+	ExitCode int    `json:"exit_code"`
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
 }
 
 // Process is a started machine.
@@ -35,11 +93,15 @@ type Process interface {
 
 // Exit says how a machine ended.
 type Exit struct {
-	Code   int    // exit status, or -1 when killed by a signal
-	Signal string // the signal that killed it, if any
+	Code      int    // exit status, or -1 when killed by a signal
+	Signal    string // the signal that killed it, if any
+	OOMKilled bool   // the kernel killed it for exceeding its memory limit
 }
 
 func (e Exit) String() string {
+	if e.OOMKilled {
+		return "oom_killed"
+	}
 	if e.Signal != "" {
 		return "killed by " + e.Signal
 	}
