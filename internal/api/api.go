@@ -70,6 +70,10 @@ func statusOf(k pier.Kind) int {
 		return http.StatusServiceUnavailable
 	case pier.Failed:
 		return http.StatusUnprocessableEntity
+	case pier.Timeout:
+		return http.StatusRequestTimeout
+	case pier.Precondition:
+		return http.StatusPreconditionFailed
 	default:
 		return http.StatusInternalServerError
 	}
@@ -77,7 +81,8 @@ func statusOf(k pier.Kind) int {
 
 // kindNames name error kinds in streamed error messages.
 var kindNames = map[pier.Kind]string{pier.Internal: "internal", pier.Invalid: "invalid", pier.NotFound: "not_found",
-	pier.Conflict: "conflict", pier.Unauthorized: "unauthorized", pier.Unavailable: "unavailable", pier.Failed: "failed"}
+	pier.Conflict: "conflict", pier.Unauthorized: "unauthorized", pier.Unavailable: "unavailable", pier.Failed: "failed",
+	pier.Timeout: "timeout", pier.Precondition: "precondition"}
 
 // message is what the caller sees of err; internal errors are also logged,
 // since they point at a bug or a broken host rather than bad input.

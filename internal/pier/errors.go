@@ -18,6 +18,8 @@ const (
 	Unauthorized             // missing or wrong credentials
 	Unavailable              // a dependency is not ready; try again
 	Failed                   // the operation ran and did not succeed (a build, a deploy)
+	Timeout                  // waited for a condition that did not come in time
+	Precondition             // the target is not in a state that allows the operation
 )
 
 // Error is an error with a kind and a message meant for the user.

@@ -353,3 +353,37 @@ func (s *Store) Events(ctx context.Context, app string, limit int) ([]pier.Event
 	}
 	return out, rows.Err()
 }
+
+// PutMachineDoc stores the JSON document of an API machine.
+func (s *Store) PutMachineDoc(ctx context.Context, id, app string, doc []byte) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO api_machines(id, app, doc, updated_at) VALUES (?,?,?,?)
+		ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at`, id, app, string(doc), ts(time.Now()))
+	if err != nil {
+		return fmt.Errorf("store machine %s: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteMachineDoc forgets an API machine.
+func (s *Store) DeleteMachineDoc(ctx context.Context, id string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM api_machines WHERE id = ?`, id)
+	return err
+}
+
+// MachineDocs returns the JSON documents of all API machines.
+func (s *Store) MachineDocs(ctx context.Context) ([][]byte, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT doc FROM api_machines ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var doc string
+		if err := rows.Scan(&doc); err != nil {
+			return nil, err
+		}
+		out = append(out, []byte(doc))
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,729 @@
+package machines
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pier-dev/pier/internal/logs"
+	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/runtime"
+)
+
+// Image is an image resolved to a root filesystem.
+type Image struct {
+	Ref, Digest, Rootfs string
+	Entrypoint, Cmd     []string
+	Env                 []string
+	WorkDir, User       string
+}
+
+// Images resolves image references (internal/image implements it).
+type Images interface {
+	Resolve(ctx context.Context, ref string) (Image, error)
+}
+
+// Driver starts machines; it must isolate them (internal/runtime/runc).
+type Driver interface {
+	Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error)
+}
+
+// Persister keeps machine documents across restarts (the state store).
+type Persister interface {
+	PutMachineDoc(ctx context.Context, id, app string, doc []byte) error
+	DeleteMachineDoc(ctx context.Context, id string) error
+	MachineDocs(ctx context.Context) ([][]byte, error)
+}
+
+// Manager runs the machines of the machines API.
+type Manager struct {
+	driver Driver
+	images Images
+	store  Persister
+	logs   *logs.Hub
+	log    *slog.Logger
+	// StopTimeout is how long a stop waits after the signal before SIGKILL
+	// when the request names no timeout.
+	StopTimeout time.Duration
+
+	closing atomic.Bool // the server is shutting down: exits are not the machines' doing
+	mu      sync.Mutex
+	ms      map[string]*entry
+}
+
+// entry is one machine and its lifecycle state.
+type entry struct {
+	mu      sync.Mutex
+	m       Machine
+	proc    runtime.Process
+	stopReq bool          // the current process is being stopped on purpose
+	retries int           // restarts since the last user start
+	changed chan struct{} // closed and replaced at every state change
+	running chan struct{} // closed when the current process's goroutine ends; nil when none
+}
+
+// New returns a Manager. driver may be nil when no isolating runtime is
+// available: every call that would run something then says so.
+func New(driver Driver, images Images, store Persister, hub *logs.Hub, log *slog.Logger) *Manager {
+	return &Manager{driver: driver, images: images, store: store, logs: hub, log: log, StopTimeout: 10 * time.Second, ms: map[string]*entry{}}
+}
+
+var errNoRuntime = pier.Errorf(pier.Unavailable, "machines need an isolating runtime: run `pier server` as root with runc installed (apt-get install runc)")
+
+func newID() string {
+	b := make([]byte, 7)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func newInstanceID() string {
+	b := make([]byte, 10)
+	rand.Read(b)
+	return "01" + hex.EncodeToString(b)
+}
+
+// CreateRequest is the body of a create call.
+type CreateRequest struct {
+	Name       string `json:"name,omitempty"`
+	Region     string `json:"region,omitempty"`
+	Config     Config `json:"config"`
+	SkipLaunch bool   `json:"skip_launch,omitempty"`
+	LeaseTTL   int    `json:"lease_ttl,omitempty"`
+}
+
+// Create validates and stores a machine and, unless asked not to, starts it.
+// Bad input is rejected before anything is created.
+func (mg *Manager) Create(ctx context.Context, app string, req CreateRequest) (Machine, error) {
+	if mg.driver == nil {
+		return Machine{}, errNoRuntime
+	}
+	if err := req.Config.normalize(); err != nil {
+		return Machine{}, err
+	}
+	if req.LeaseTTL < 0 {
+		return Machine{}, pier.Errorf(pier.Invalid, "invalid lease_ttl: must not be negative")
+	}
+	img, err := mg.images.Resolve(ctx, req.Config.Image)
+	if err != nil {
+		return Machine{}, err
+	}
+	now := time.Now().UTC()
+	m := Machine{ID: newID(), Name: req.Name, App: app, State: StateCreated, Region: "local", InstanceID: newInstanceID(),
+		Config: req.Config, ImageRef: ImageRef{Ref: img.Ref, Digest: img.Digest}, CreatedAt: now, UpdatedAt: now}
+	if m.Name == "" {
+		m.Name = "machine-" + m.ID[:6]
+	}
+	e := &entry{m: m, changed: make(chan struct{})}
+	if req.LeaseTTL > 0 {
+		l := newLease(req.LeaseTTL, "created with the machine")
+		e.m.Lease, e.m.Nonce = &l, l.Nonce
+	}
+	e.event("launch", StateCreated, "user", nil)
+	if err := mg.persist(ctx, e); err != nil {
+		return Machine{}, err
+	}
+	mg.mu.Lock()
+	mg.ms[m.ID] = e
+	mg.mu.Unlock()
+	if !req.SkipLaunch {
+		mg.start(e, img)
+	}
+	out := e.snapshot()
+	out.Nonce = e.m.Nonce
+	return out, nil
+}
+
+// persist writes the machine document.
+func (mg *Manager) persist(ctx context.Context, e *entry) error {
+	e.mu.Lock()
+	doc, err := json.Marshal(document{App: e.m.App, Lease: e.m.Lease, Machine: e.m})
+	id, app := e.m.ID, e.m.App
+	e.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return mg.store.PutMachineDoc(ctx, id, app, doc)
+}
+
+// document is the persisted form of a machine: the API form plus the
+// fields the API does not show.
+type document struct {
+	App     string  `json:"app"`
+	Lease   *Lease  `json:"lease,omitempty"`
+	Machine Machine `json:"machine"`
+}
+
+func (e *entry) snapshot() Machine {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := e.m
+	m.Nonce = ""
+	// Newest first, as Fly lists them; events are appended in order.
+	m.Events = make([]Event, len(e.m.Events))
+	for i, ev := range e.m.Events {
+		m.Events[len(e.m.Events)-1-i] = ev
+	}
+	return m
+}
+
+// event records a history entry; e.mu is held by the caller or unneeded.
+func (e *entry) event(typ, status, source string, exit *ExitEvent) {
+	ev := Event{Type: typ, Status: status, Source: source, Timestamp: time.Now().UnixMilli()}
+	if exit != nil {
+		ev.Request = &struct {
+			ExitEvent *ExitEvent `json:"exit_event,omitempty"`
+		}{exit}
+	}
+	e.m.Events = append(e.m.Events, ev)
+	if len(e.m.Events) > 50 {
+		e.m.Events = e.m.Events[len(e.m.Events)-50:]
+	}
+}
+
+// setState changes the state and wakes waiters; e.mu must be held.
+func (e *entry) setState(st string) {
+	e.m.State = st
+	e.m.UpdatedAt = time.Now().UTC()
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+func (mg *Manager) get(app, id string) (*entry, error) {
+	mg.mu.Lock()
+	e := mg.ms[id]
+	mg.mu.Unlock()
+	if e == nil || e.m.App != app {
+		return nil, pier.Errorf(pier.NotFound, "machine %s not found in app %s", id, app)
+	}
+	return e, nil
+}
+
+// Get returns one machine.
+func (mg *Manager) Get(app, id string) (Machine, error) {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return Machine{}, err
+	}
+	return e.snapshot(), nil
+}
+
+// List returns an app's machines, oldest first; metadata filters them.
+func (mg *Manager) List(app string, metadata map[string]string) []Machine {
+	mg.mu.Lock()
+	var es []*entry
+	for _, e := range mg.ms {
+		es = append(es, e)
+	}
+	mg.mu.Unlock()
+	out := []Machine{}
+	for _, e := range es {
+		m := e.snapshot()
+		if m.App != app || !matches(m.Config.Metadata, metadata) {
+			continue
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out
+}
+
+func matches(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// spec builds the runtime spec of a machine from its config and image.
+func (mg *Manager) spec(m Machine, img Image) (runtime.Spec, error) {
+	cmd := append(append([]string{}, img.Entrypoint...), img.Cmd...)
+	if len(m.Config.Init.Entrypoint) > 0 {
+		cmd = append(append([]string{}, m.Config.Init.Entrypoint...), m.Config.Init.Cmd...)
+	} else if len(m.Config.Init.Cmd) > 0 {
+		cmd = append(append([]string{}, img.Entrypoint...), m.Config.Init.Cmd...)
+	}
+	if len(m.Config.Init.Exec) > 0 {
+		cmd = m.Config.Init.Exec
+	}
+	if len(cmd) == 0 {
+		return runtime.Spec{}, pier.Errorf(pier.Invalid, "image %s has no command and config.init.cmd is empty: set config.init.cmd", m.Config.Image)
+	}
+	env := append([]string{}, img.Env...)
+	keys := make([]string, 0, len(m.Config.Env))
+	for k := range m.Config.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+m.Config.Env[k])
+	}
+	env = append(env, "PIER_APP_NAME="+m.App, "FLY_MACHINE_ID="+m.ID, "FLY_APP_NAME="+m.App, "FLY_REGION=local")
+	var files []runtime.File
+	for _, f := range m.Config.Files {
+		data, _ := base64.StdEncoding.DecodeString(f.RawValue) // checked by normalize
+		files = append(files, runtime.File{Path: f.GuestPath, Data: data, Mode: 0o644})
+	}
+	port := 8080
+	if len(m.Config.Services) > 0 {
+		port = m.Config.Services[0].InternalPort
+	}
+	return runtime.Spec{ID: m.ID, App: m.App, Command: cmd, Env: env, Rootfs: []string{img.Rootfs}, Files: files,
+		WorkDir: img.WorkDir, User: img.User, Port: port,
+		Resources: runtime.Resources{CPUs: float64(m.Config.Guest.CPUs), MemoryMB: m.Config.Guest.MemoryMB, Pids: 1024}}, nil
+}
+
+// start launches the machine's process in the background.
+func (mg *Manager) start(e *entry, img Image) {
+	e.mu.Lock()
+	e.stopReq = false
+	e.setState(StateStarting)
+	e.event("start", StateStarting, "user", nil)
+	running := make(chan struct{})
+	e.running = running
+	e.mu.Unlock()
+	go mg.run(e, img, running)
+}
+
+// run starts the process, waits for it, and applies the restart policy.
+func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
+	defer close(running)
+	for {
+		e.mu.Lock()
+		m := e.m
+		e.mu.Unlock()
+		spec, err := mg.spec(m, img)
+		var proc runtime.Process
+		if err == nil {
+			spec.Stdout = mg.logs.Writer(m.App, m.ID, "stdout")
+			spec.Stderr = mg.logs.Writer(m.App, m.ID, "stderr")
+			proc, err = mg.driver.Start(context.Background(), spec)
+		}
+		if err != nil {
+			mg.log.Error("machine did not start", "app", m.App, "machine", m.ID, "err", err)
+			e.mu.Lock()
+			e.setState(StateFailed)
+			e.event("exit", StateFailed, "pier", &ExitEvent{ExitCode: -1, ExitedAt: time.Now().UTC().Format(time.RFC3339)})
+			e.mu.Unlock()
+			mg.persist(context.Background(), e)
+			return
+		}
+		e.mu.Lock()
+		e.proc = proc
+		if host, _, err := splitHost(proc.Addr()); err == nil {
+			e.m.PrivateIP = host
+		}
+		stopping := e.stopReq
+		e.setState(StateStarted)
+		e.mu.Unlock()
+		if stopping { // a stop arrived while the driver was starting it
+			proc.Signal(syscall.SIGKILL)
+		}
+		mg.persist(context.Background(), e)
+		exit := proc.Wait()
+		if mg.closing.Load() {
+			e.mu.Lock()
+			e.proc = nil
+			e.mu.Unlock()
+			return // the document keeps its state; Restore starts it again
+		}
+
+		e.mu.Lock()
+		e.proc = nil
+		requested := e.stopReq
+		ev := &ExitEvent{ExitCode: exit.Code, Signal: exit.Signal, OOMKilled: exit.OOMKilled, RequestedStop: requested, ExitedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+		restart := !requested && mg.shouldRestart(e, exit)
+		if restart {
+			e.retries++
+			e.event("exit", StateStarting, "pier", ev)
+			e.setState(StateStarting)
+		} else {
+			e.event("exit", StateStopped, map[bool]string{true: "user", false: "pier"}[requested], ev)
+			e.setState(StateStopped)
+		}
+		autoDestroy := e.m.Config.AutoDestroy && !restart
+		e.mu.Unlock()
+		mg.log.Info("machine exited", "app", m.App, "machine", m.ID, "exit", exit.String(), "restart", restart)
+		mg.persist(context.Background(), e)
+		if autoDestroy {
+			go mg.Destroy(context.Background(), m.App, m.ID, true, "")
+			return
+		}
+		if !restart {
+			return
+		}
+		time.Sleep(min(time.Duration(e.retries)*200*time.Millisecond, 5*time.Second))
+	}
+}
+
+func (mg *Manager) shouldRestart(e *entry, exit runtime.Exit) bool {
+	r := e.m.Config.Restart
+	switch r.Policy {
+	case "always":
+		return r.MaxRetries == 0 || e.retries < r.MaxRetries
+	case "on-failure":
+		max := r.MaxRetries
+		if max == 0 {
+			max = 10
+		}
+		return (exit.Code != 0 || exit.Signal != "") && e.retries < max
+	}
+	return false
+}
+
+// Start starts a created or stopped machine.
+func (mg *Manager) Start(ctx context.Context, app, id, nonce string) (Machine, error) {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return Machine{}, err
+	}
+	if err := e.checkLease(nonce); err != nil {
+		return Machine{}, err
+	}
+	if mg.driver == nil {
+		return Machine{}, errNoRuntime
+	}
+	e.mu.Lock()
+	st, running := e.m.State, e.running
+	image := e.m.Config.Image
+	e.mu.Unlock()
+	switch st {
+	case StateCreated, StateStopped, StateFailed:
+	default:
+		return Machine{}, pier.Errorf(pier.Precondition, "machine %s is %s; only a created, stopped or failed machine can be started", id, st)
+	}
+	if running != nil {
+		<-running // the previous process's goroutine has finished its bookkeeping
+	}
+	img, err := mg.images.Resolve(ctx, image)
+	if err != nil {
+		return Machine{}, err
+	}
+	e.mu.Lock()
+	e.retries = 0
+	e.mu.Unlock()
+	mg.start(e, img)
+	mg.persist(ctx, e)
+	return e.snapshot(), nil
+}
+
+// StopRequest is the body of a stop call.
+type StopRequest struct {
+	Signal  string `json:"signal,omitempty"`  // default SIGTERM
+	Timeout string `json:"timeout,omitempty"` // then SIGKILL; default 10s
+}
+
+var signals = map[string]syscall.Signal{"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT,
+	"SIGKILL": syscall.SIGKILL, "SIGHUP": syscall.SIGHUP, "SIGUSR1": syscall.SIGUSR1, "SIGUSR2": syscall.SIGUSR2}
+
+// Stop signals the machine and, if it has not exited after the timeout,
+// kills it. It returns once the signal is sent; wait for state=stopped.
+func (mg *Manager) Stop(ctx context.Context, app, id, nonce string, req StopRequest) error {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return err
+	}
+	if err := e.checkLease(nonce); err != nil {
+		return err
+	}
+	sig := syscall.SIGTERM
+	if req.Signal != "" {
+		s, ok := signals[req.Signal]
+		if !ok {
+			return pier.Errorf(pier.Invalid, "invalid signal %q (use SIGTERM, SIGINT, SIGQUIT, SIGKILL, SIGHUP, SIGUSR1 or SIGUSR2)", req.Signal)
+		}
+		sig = s
+	}
+	timeout := mg.StopTimeout
+	if req.Timeout != "" {
+		d, err := parseTimeout(req.Timeout)
+		if err != nil {
+			return err
+		}
+		timeout = d
+	}
+	e.mu.Lock()
+	st, proc, running := e.m.State, e.proc, e.running
+	if st != StateStarted && st != StateStarting {
+		e.mu.Unlock()
+		return pier.Errorf(pier.Precondition, "machine %s is %s, not started", id, st)
+	}
+	e.stopReq = true
+	e.setState(StateStopping)
+	e.event("stop", StateStopping, "user", nil)
+	e.mu.Unlock()
+	if proc != nil {
+		proc.Signal(sig)
+	}
+	go func() {
+		select {
+		case <-running:
+		case <-time.After(timeout):
+			e.mu.Lock()
+			p := e.proc
+			e.mu.Unlock()
+			if p != nil {
+				p.Signal(syscall.SIGKILL)
+			}
+		}
+	}()
+	return nil
+}
+
+// parseTimeout reads "10s" or a bare number of seconds, as Fly accepts.
+func parseTimeout(s string) (time.Duration, error) {
+	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, pier.Errorf(pier.Invalid, "invalid timeout %q (use seconds, like 10, or a duration, like 10s)", s)
+	}
+	return d, nil
+}
+
+// Wait blocks until the machine is in state or timeout passes (Timeout error).
+func (mg *Manager) Wait(ctx context.Context, app, id, state, timeout string) (Machine, error) {
+	if state == "" {
+		state = StateStarted
+	}
+	switch state {
+	case StateStarted, StateStopped, StateDestroyed, StateFailed, StateCreated:
+	default:
+		return Machine{}, pier.Errorf(pier.Invalid, "invalid state %q to wait for (started, stopped, destroyed, failed)", state)
+	}
+	d := 60 * time.Second
+	if timeout != "" {
+		var err error
+		if d, err = parseTimeout(timeout); err != nil {
+			return Machine{}, err
+		}
+		d = min(d, 5*time.Minute)
+	}
+	e, err := mg.get(app, id)
+	if err != nil {
+		if state == StateDestroyed && pier.KindOf(err) == pier.NotFound {
+			return Machine{ID: id, State: StateDestroyed}, nil
+		}
+		return Machine{}, err
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		cur, changed := e.m.State, e.changed
+		e.mu.Unlock()
+		if cur == state {
+			return e.snapshot(), nil
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return Machine{}, pier.Errorf(pier.Timeout, "machine %s did not reach state %s within %s (it is %s)", id, state, d, cur)
+		case <-ctx.Done():
+			return Machine{}, ctx.Err()
+		}
+	}
+}
+
+// ExecRequest is the body of an exec call; Cmd is Fly's single-string form.
+type ExecRequest struct {
+	Command []string `json:"command,omitempty"`
+	Cmd     string   `json:"cmd,omitempty"`
+	Stdin   string   `json:"stdin,omitempty"`
+	Timeout int      `json:"timeout,omitempty"` // seconds, default 30
+}
+
+// Exec runs a command inside a started machine.
+func (mg *Manager) Exec(ctx context.Context, app, id, nonce string, req ExecRequest) (runtime.ExecResult, error) {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return runtime.ExecResult{}, err
+	}
+	if err := e.checkLease(nonce); err != nil {
+		return runtime.ExecResult{}, err
+	}
+	cmd := req.Command
+	if len(cmd) == 0 && req.Cmd != "" {
+		cmd = []string{"/bin/sh", "-c", req.Cmd}
+	}
+	if len(cmd) == 0 {
+		return runtime.ExecResult{}, pier.Errorf(pier.Invalid, "exec needs a command (\"command\": [...] or \"cmd\": \"...\")")
+	}
+	if req.Timeout < 0 || req.Timeout > 3600 {
+		return runtime.ExecResult{}, pier.Errorf(pier.Invalid, "invalid timeout %d (0 to 3600 seconds)", req.Timeout)
+	}
+	e.mu.Lock()
+	proc, st := e.proc, e.m.State
+	e.mu.Unlock()
+	if st != StateStarted || proc == nil {
+		return runtime.ExecResult{}, pier.Errorf(pier.Precondition, "machine %s is %s; exec needs a started machine", id, st)
+	}
+	ex, ok := proc.(runtime.Execer)
+	if !ok {
+		return runtime.ExecResult{}, pier.Errorf(pier.Unavailable, "this runtime cannot exec into machines")
+	}
+	t := time.Duration(req.Timeout) * time.Second
+	if t == 0 {
+		t = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, t)
+	defer cancel()
+	res, err := ex.Exec(ctx, cmd, []byte(req.Stdin))
+	if err != nil && ctx.Err() != nil {
+		return res, pier.Errorf(pier.Timeout, "exec did not finish within %s", t)
+	}
+	return res, err
+}
+
+// Update replaces a machine's config; a started machine restarts with it.
+func (mg *Manager) Update(ctx context.Context, app, id, nonce string, cfg Config) (Machine, error) {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return Machine{}, err
+	}
+	if err := e.checkLease(nonce); err != nil {
+		return Machine{}, err
+	}
+	if err := cfg.normalize(); err != nil {
+		return Machine{}, err
+	}
+	img, err := mg.images.Resolve(ctx, cfg.Image)
+	if err != nil {
+		return Machine{}, err
+	}
+	e.mu.Lock()
+	wasRunning := e.m.State == StateStarted || e.m.State == StateStarting
+	e.m.Config, e.m.ImageRef, e.m.InstanceID = cfg, ImageRef{Ref: img.Ref, Digest: img.Digest}, newInstanceID()
+	e.event("update", e.m.State, "user", nil)
+	e.mu.Unlock()
+	mg.persist(ctx, e)
+	if wasRunning {
+		if err := mg.stopAndWait(ctx, e, mg.StopTimeout); err != nil {
+			return Machine{}, err
+		}
+		mg.start(e, img)
+	}
+	return e.snapshot(), nil
+}
+
+// stopAndWait stops the machine's process (if any) and waits for its goroutine.
+func (mg *Manager) stopAndWait(ctx context.Context, e *entry, grace time.Duration) error {
+	e.mu.Lock()
+	proc, running := e.proc, e.running
+	if running == nil {
+		e.mu.Unlock()
+		return nil
+	}
+	e.stopReq = true
+	if e.m.State == StateStarted || e.m.State == StateStarting {
+		e.setState(StateStopping)
+	}
+	e.mu.Unlock()
+	if proc != nil {
+		proc.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-running:
+		return nil
+	case <-time.After(grace):
+	}
+	e.mu.Lock()
+	proc = e.proc
+	e.mu.Unlock()
+	if proc != nil {
+		proc.Signal(syscall.SIGKILL)
+	}
+	select {
+	case <-running:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Destroy removes a machine. A started machine needs force, which kills it.
+func (mg *Manager) Destroy(ctx context.Context, app, id string, force bool, nonce string) error {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return err
+	}
+	if err := e.checkLease(nonce); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	st := e.m.State
+	if (st == StateStarted || st == StateStarting || st == StateStopping) && !force {
+		e.mu.Unlock()
+		return pier.Errorf(pier.Precondition, "machine %s is %s: stop it first, or destroy with force=true", id, st)
+	}
+	if st == StateDestroying {
+		e.mu.Unlock()
+		return nil
+	}
+	e.setState(StateDestroying)
+	e.mu.Unlock()
+	if err := mg.stopAndWait(ctx, e, 0); err != nil {
+		return err
+	}
+	mg.mu.Lock()
+	delete(mg.ms, id)
+	mg.mu.Unlock()
+	if err := mg.store.DeleteMachineDoc(ctx, id); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.event("destroy", StateDestroyed, "user", nil)
+	e.setState(StateDestroyed)
+	e.mu.Unlock()
+	return nil
+}
+
+// Shutdown stops every machine's process (the server is exiting); their
+// documents keep saying they were started, so Restore starts them again.
+func (mg *Manager) Shutdown(grace time.Duration) {
+	mg.closing.Store(true)
+	mg.mu.Lock()
+	var es []*entry
+	for _, e := range mg.ms {
+		es = append(es, e)
+	}
+	mg.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, e := range es {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.mu.Lock()
+			proc, running := e.proc, e.running
+			e.mu.Unlock()
+			if running == nil {
+				return
+			}
+			// Not stopReq: this is not the user's stop, and the document
+			// must not change.
+			if proc != nil {
+				proc.Signal(syscall.SIGTERM)
+			}
+			select {
+			case <-running:
+			case <-time.After(grace):
+				if proc != nil {
+					proc.Signal(syscall.SIGKILL)
+				}
+				<-running
+			}
+		}()
+	}
+	wg.Wait()
+}
