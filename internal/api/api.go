@@ -14,6 +14,7 @@ import (
 
 	"github.com/pier-dev/pier/internal/auth"
 	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
 )
 
@@ -27,6 +28,8 @@ type Server struct {
 	URL func(app string) string
 	// Metrics serves /metrics (Prometheus text format).
 	Metrics http.Handler
+	// Machines runs the machines API.
+	Machines *machines.Manager
 }
 
 // Handler returns the API's routes behind authentication.
@@ -46,6 +49,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/apps/{app}/secrets/unset", s.unsetSecrets)
 	mux.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
 	mux.HandleFunc("GET /v1/apps/{app}/events", s.events)
+	if s.Machines != nil {
+		s.machineRoutes(mux)
+	}
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 	}

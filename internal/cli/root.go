@@ -53,7 +53,7 @@ the credentials 'pier server' saved for the local user.`,
 	root.AddGroup(&cobra.Group{ID: "apps", Title: "Apps:"}, &cobra.Group{ID: "platform", Title: "Platform:"})
 	for _, c := range []*cobra.Command{
 		e.launchCmd(), e.deployCmd(), e.statusCmd(), e.logsCmd(), e.releasesCmd(), e.rollbackCmd(),
-		e.scaleCmd(), e.secretsCmd(), e.appsCmd(),
+		e.scaleCmd(), e.secretsCmd(), e.appsCmd(), e.machinesCmd(),
 	} {
 		c.GroupID = "apps"
 		root.AddCommand(c)
@@ -71,6 +71,10 @@ func Execute(ctx context.Context, args []string) int {
 	root := NewRoot(os.Stdin, os.Stdout, os.Stderr)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var ec *exitCodeError
+		if errors.As(err, &ec) {
+			return ec.code
+		}
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		return 1
 	}

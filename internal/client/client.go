@@ -16,7 +16,9 @@ import (
 
 	"github.com/pier-dev/pier/internal/api"
 	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/runtime"
 )
 
 // Client talks to one pier server.
@@ -250,4 +252,53 @@ func (c *Client) Logs(ctx context.Context, app string, lines int, followLines bo
 		return nil
 	}
 	return sc.Err()
+}
+
+func machinePath(app, id string, rest ...string) string {
+	return appPath(app, "/machines/"+url.PathEscape(id)) + strings.Join(rest, "")
+}
+
+// CreateMachine creates (and starts) a machine.
+func (c *Client) CreateMachine(ctx context.Context, app string, req machines.CreateRequest) (machines.Machine, error) {
+	var out machines.Machine
+	return out, c.call(ctx, "POST", appPath(app, "/machines"), req, &out)
+}
+
+// Machines lists an app's machines.
+func (c *Client) Machines(ctx context.Context, app string) ([]machines.Machine, error) {
+	var out []machines.Machine
+	return out, c.call(ctx, "GET", appPath(app, "/machines"), nil, &out)
+}
+
+// Machine returns one machine.
+func (c *Client) Machine(ctx context.Context, app, id string) (machines.Machine, error) {
+	var out machines.Machine
+	return out, c.call(ctx, "GET", machinePath(app, id), nil, &out)
+}
+
+// StartMachine starts a stopped machine.
+func (c *Client) StartMachine(ctx context.Context, app, id string) error {
+	return c.call(ctx, "POST", machinePath(app, id, "/start"), nil, nil)
+}
+
+// StopMachine signals a machine to stop.
+func (c *Client) StopMachine(ctx context.Context, app, id string, req machines.StopRequest) error {
+	return c.call(ctx, "POST", machinePath(app, id, "/stop"), req, nil)
+}
+
+// WaitMachine waits for a machine to reach state.
+func (c *Client) WaitMachine(ctx context.Context, app, id, state, timeout string) error {
+	q := url.Values{"state": {state}, "timeout": {timeout}}
+	return c.call(ctx, "GET", machinePath(app, id, "/wait?"+q.Encode()), nil, nil)
+}
+
+// ExecMachine runs a command in a machine.
+func (c *Client) ExecMachine(ctx context.Context, app, id string, req machines.ExecRequest) (runtime.ExecResult, error) {
+	var out runtime.ExecResult
+	return out, c.call(ctx, "POST", machinePath(app, id, "/exec"), req, &out)
+}
+
+// DestroyMachine destroys a machine (force kills a running one).
+func (c *Client) DestroyMachine(ctx context.Context, app, id string, force bool) error {
+	return c.call(ctx, "DELETE", machinePath(app, id, fmt.Sprintf("?force=%t", force)), nil, nil)
 }

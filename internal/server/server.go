@@ -21,6 +21,7 @@ import (
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/control"
 	"github.com/pier-dev/pier/internal/logs"
+	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/proxy"
 	"github.com/pier-dev/pier/internal/runtime/process"
 	"github.com/pier-dev/pier/internal/secrets"
@@ -99,6 +100,12 @@ func Run(ctx context.Context, c Config) error {
 		Driver: driver, Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
 		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
 	})
+	// Machines need an isolating runtime; until one is configured the
+	// machines API answers 503 saying so.
+	mach := machines.New(nil, nil, st, hub, log.With("component", "machines"))
+	if err := mach.Restore(ctx, nil); err != nil {
+		return err
+	}
 	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp")}
 
@@ -126,7 +133,7 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("restore apps: %w", err)
 	}
 	apiSrv := &http.Server{
-		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}).Handler(),
+		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// Requests see the server's context, so long streams (logs -f) end
@@ -170,6 +177,7 @@ func Run(ctx context.Context, c Config) error {
 	httpSrv.Shutdown(shutCtx)
 	apiSrv.Shutdown(shutCtx)
 	sup.Shutdown(0)
+	mach.Shutdown(10 * time.Second)
 	log.Info("stopped")
 	return runErr
 }
