@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pier and its tests need on a fresh Debian machine with Go:
-# git, curl, Python 3 and Node.js/npm (for the Python and Node builders).
+# git, curl, Python 3 and Node.js/npm (for the Python and Node builders),
+# runc and iptables (the isolating machine runtime) and a static busybox
+# (its tests put it in their machine images).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -11,6 +13,9 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev) # the race detector needs cgo
+command -v runc >/dev/null || missing+=(runc)
+command -v iptables-restore >/dev/null || missing+=(iptables)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -1,0 +1,115 @@
+package runc
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+)
+
+// The host firewall lives in chains pier owns, named after the bridge so
+// several drivers (a server and a test run) never share or flush each
+// other's rules. The base chains only get jumps into them, so removing pier
+// is deleting the jumps and the chains. Rules are loaded with one atomic
+// iptables-restore --noflush: declaring a chain there flushes and refills
+// it, which makes New idempotent and leaves no window with half a rule set.
+type firewall struct {
+	bridge string
+	subnet string
+	allow  string // half of the subnet whose machines may reach the internet
+	deny   string // half whose machines may not
+}
+
+func (f firewall) inChain() string  { return "PIER-IN-" + f.bridge }
+func (f firewall) fwdChain() string { return "PIER-FWD-" + f.bridge }
+func (f firewall) natChain() string { return "PIER-NAT-" + f.bridge }
+
+func (f firewall) rules() string {
+	in, fwd, nat, br := f.inChain(), f.fwdChain(), f.natChain(), f.bridge
+	var b strings.Builder
+	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n", in, fwd)
+	// (1) Machines reach no host service, the gateway address included;
+	// only replies to connections the host opened (the edge proxy) pass.
+	// REJECT rather than DROP so a probing app fails fast instead of
+	// hanging.
+	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n", in)
+	fmt.Fprintf(&b, "-A %s -j REJECT --reject-with icmp-admin-prohibited\n", in)
+	// Routed traffic towards machines: only replies. This stops machine to
+	// machine traffic sent through the gateway (2) and stops other hosts
+	// from reaching machines directly.
+	fmt.Fprintf(&b, "-A %s -o %s -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n", fwd, br)
+	fmt.Fprintf(&b, "-A %s -o %s -j DROP\n", fwd, br)
+	// (3) Outbound: the deny half is cut off, the allow half may leave
+	// through any other interface.
+	fmt.Fprintf(&b, "-A %s -i %s -s %s -j REJECT --reject-with icmp-admin-prohibited\n", fwd, br, f.deny)
+	fmt.Fprintf(&b, "-A %s -i %s -s %s -j ACCEPT\n", fwd, br, f.allow)
+	fmt.Fprintf(&b, "-A %s -i %s -j DROP\n", fwd, br)
+	b.WriteString("COMMIT\n")
+	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", nat)
+	fmt.Fprintf(&b, "-A %s -s %s ! -o %s -j MASQUERADE\n", nat, f.subnet, br)
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// jumps are the rules in the base chains that lead into pier's chains.
+func (f firewall) jumps() [][]string {
+	return [][]string{
+		{"-t", "filter", "INPUT", "-i", f.bridge, "-j", f.inChain()},
+		{"-t", "filter", "FORWARD", "-i", f.bridge, "-j", f.fwdChain()},
+		{"-t", "filter", "FORWARD", "-o", f.bridge, "-j", f.fwdChain()},
+		{"-t", "nat", "POSTROUTING", "-s", f.subnet, "-j", f.natChain()},
+	}
+}
+
+func (f firewall) install(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--wait")
+	cmd.Stdin = strings.NewReader(f.rules())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %w: %s", err, bytes.TrimSpace(out))
+	}
+	for _, j := range f.jumps() {
+		table, chain, rule := j[1], j[2], j[3:]
+		if iptables(ctx, append([]string{"-t", table, "-C", chain}, rule...)...) == nil {
+			continue
+		}
+		// First, so a host policy of DROP (Docker sets one) or other rules
+		// cannot shadow pier's.
+		if err := iptables(ctx, append([]string{"-t", table, "-I", chain, "1"}, rule...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f firewall) remove(ctx context.Context) error {
+	for _, j := range f.jumps() {
+		table, chain, rule := j[1], j[2], j[3:]
+		for range 16 { // duplicates from older runs: bounded
+			if iptables(ctx, append([]string{"-t", table, "-D", chain}, rule...)...) != nil {
+				break
+			}
+		}
+	}
+	var firstErr error
+	for _, c := range [][2]string{{"filter", f.inChain()}, {"filter", f.fwdChain()}, {"nat", f.natChain()}} {
+		if iptables(ctx, "-t", c[0], "-n", "-L", c[1]) != nil {
+			continue // not there
+		}
+		if err := iptables(ctx, "-t", c[0], "-F", c[1]); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		if err := iptables(ctx, "-t", c[0], "-X", c[1]); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+func iptables(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, "iptables", append([]string{"--wait"}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("iptables %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}

@@ -1,0 +1,542 @@
+// Package runc is pier's isolating machine runtime. Each machine runs under
+// Debian's runc binary, driven with an OCI runtime spec: its own PID, mount,
+// UTS, IPC and network namespaces, cgroup limits, an overlay root
+// filesystem over read-only shared layers, and a private address on a pier
+// bridge. The host firewall keeps machines away from host services and from
+// each other; the host (the edge proxy) can reach every machine.
+//
+// On disk, everything a machine has lives under StateDir/<id> (bundle,
+// overlay layers and mount, the pinned network namespace), runc's own state
+// under StateDir/runc-root, and its cgroups at /pier/<id> in every
+// hierarchy; Cleanup finds leftovers there after a crash.
+package runc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/pier-dev/pier/internal/runtime"
+)
+
+// Config configures a Driver. Zero fields get the documented defaults.
+type Config struct {
+	// StateDir holds machine bundles and runc's state; required. Nothing
+	// else may live in it: Cleanup removes what it does not know.
+	StateDir string
+	// Subnet is where machine addresses come from (default
+	// 100.96.0.0/16); the bridge holds its first address. The lower half
+	// is for machines allowed outbound traffic, the upper half for
+	// machines with DenyOutbound.
+	Subnet string
+	// Bridge is the Linux bridge machines attach to (default "pier0"). The
+	// firewall chains are named after it.
+	Bridge string
+	// Runc is the runc binary (default: found on PATH).
+	Runc string
+	// Log receives the driver's own messages (default: discarded).
+	Log *slog.Logger
+}
+
+// Driver starts machines under runc. It is safe for concurrent use.
+type Driver struct {
+	cfg    Config
+	log    *slog.Logger
+	root   string // runc --root
+	ipam   *ipam
+	bridge netlink.Link
+	fw     firewall
+	resolv []byte
+
+	mu   sync.Mutex
+	live map[string]bool // machines starting or running: Cleanup leaves them alone
+}
+
+var _ interface {
+	Start(context.Context, runtime.Spec) (runtime.Process, error)
+} = (*Driver)(nil)
+
+var _ runtime.Execer = (*proc)(nil)
+
+const defaultPort = 8080
+
+// New checks that runc and iptables are there and sets up the bridge and the
+// host firewall; both steps are idempotent, so a restarted server adopts
+// what the previous run made.
+func New(c Config) (*Driver, error) {
+	if c.StateDir == "" {
+		return nil, errors.New("runc runtime: StateDir is required")
+	}
+	if c.Subnet == "" {
+		c.Subnet = "100.96.0.0/16"
+	}
+	if c.Bridge == "" {
+		c.Bridge = "pier0"
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if len(c.Bridge) > 15 {
+		return nil, fmt.Errorf("bridge name %q: at most 15 characters", c.Bridge)
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("runc runtime: needs root (run pier server as root)")
+	}
+	if c.Runc == "" {
+		p, err := exec.LookPath("runc")
+		if err != nil {
+			return nil, errors.New("runc runtime: runc not found on PATH: apt-get install runc")
+		}
+		c.Runc = p
+	}
+	if out, err := exec.Command(c.Runc, "--version").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("runc runtime: %s --version: %w: %s", c.Runc, err, bytes.TrimSpace(out))
+	}
+	for _, bin := range []string{"iptables", "iptables-restore"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("runc runtime: %s not found on PATH: apt-get install iptables", bin)
+		}
+	}
+	abs, err := filepath.Abs(c.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	c.StateDir = abs
+	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}}
+	if err := os.MkdirAll(d.root, 0o700); err != nil {
+		return nil, err
+	}
+	if d.ipam, err = newIPAM(c.Subnet); err != nil {
+		return nil, err
+	}
+	d.fw = firewall{bridge: c.Bridge, subnet: d.ipam.prefix.String(), allow: d.ipam.halves[0].String(), deny: d.ipam.halves[1].String()}
+	if d.bridge, err = setupBridge(c.Bridge, d.ipam.gateway, d.ipam.prefix.Bits()); err != nil {
+		return nil, err
+	}
+	// Machines allowed outbound traffic are routed (and masqueraded) by
+	// the host.
+	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return nil, fmt.Errorf("enable ip_forward: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := d.fw.install(ctx); err != nil {
+		return nil, err
+	}
+	d.resolv = hostResolvConf()
+	return d, nil
+}
+
+const runcRoot = "runc-root"
+
+// Gateway is the host's address on the bridge, as machines see it.
+func (d *Driver) Gateway() netip.Addr { return d.ipam.gateway }
+
+// Uninstall removes the firewall chains and the bridge. It is for tests and
+// for removing pier from a host; the server does not call it (the bridge
+// and rules are kept across restarts). It refuses while machines run.
+func (d *Driver) Uninstall(ctx context.Context) error {
+	d.mu.Lock()
+	n := len(d.live)
+	d.mu.Unlock()
+	if n > 0 {
+		return fmt.Errorf("uninstall: %d machines still running", n)
+	}
+	err := d.fw.remove(ctx)
+	if link, lerr := netlink.LinkByName(d.cfg.Bridge); lerr == nil {
+		if lerr := netlink.LinkDel(link); lerr != nil {
+			err = errors.Join(err, fmt.Errorf("delete bridge: %w", lerr))
+		}
+	}
+	return err
+}
+
+// validID keeps ids usable as file, cgroup and runc container names.
+var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+func (d *Driver) bundle(id string) string { return filepath.Join(d.cfg.StateDir, id) }
+
+// Start creates and starts a machine; it returns once the machine's command
+// is running. ctx bounds the start only, not the machine's life.
+func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
+	id := spec.ID
+	if !validID.MatchString(id) || id == runcRoot {
+		return nil, fmt.Errorf("machine id %q: want letters, digits, '_', '.', '-' (at most 64)", id)
+	}
+	if len(spec.Rootfs) == 0 {
+		return nil, fmt.Errorf("start machine %s: no root filesystem (spec.Rootfs is empty)", id)
+	}
+	if len(spec.Command) == 0 {
+		return nil, fmt.Errorf("start machine %s: empty command", id)
+	}
+	d.mu.Lock()
+	if d.live[id] {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("start machine %s: already running", id)
+	}
+	d.live[id] = true
+	d.mu.Unlock()
+
+	log := d.log.With("machine", id)
+	p, err := d.start(ctx, spec, log)
+	if err != nil {
+		return nil, fmt.Errorf("start machine %s: %w", id, err)
+	}
+	return p, nil
+}
+
+func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger) (_ *proc, err error) {
+	id, b := spec.ID, d.bundle(spec.ID)
+	var addr netip.Addr
+	handedOff := false // once runc runs, its waiter owns the teardown
+	defer func() {
+		if handedOff {
+			return
+		}
+		if _, terr := d.teardown(context.Background(), id); terr != nil {
+			log.Warn("clean up after failed start", "err", terr)
+		}
+		if addr.IsValid() {
+			d.ipam.release(addr)
+		}
+		d.forget(id)
+	}()
+
+	// A bundle of the same id is a leftover of a crash; it is not live.
+	if _, err := os.Stat(b); err == nil {
+		if _, err := d.teardown(ctx, id); err != nil {
+			return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
+		}
+	}
+	upper, work, rootfs := filepath.Join(b, "upper"), filepath.Join(b, "work"), filepath.Join(b, "rootfs")
+	for _, dir := range []string{b, upper, work, rootfs} {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	// The upper layer's root becomes the machine's "/": as the image has it.
+	if err := os.Chmod(upper, 0o755); err != nil {
+		return nil, err
+	}
+	uid, gid, err := identity(spec.User, spec.Rootfs)
+	if err != nil {
+		return nil, err
+	}
+	if addr, err = d.ipam.alloc(spec.DenyOutbound); err != nil {
+		return nil, err
+	}
+	base := []runtime.File{
+		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id)},
+		{Path: "/etc/hostname", Data: []byte(id + "\n")},
+		{Path: "/etc/resolv.conf", Data: d.resolv},
+	}
+	if err := writeFiles(upper, spec.Rootfs, append(base, spec.Files...)); err != nil {
+		return nil, err
+	}
+	if err := mountRootfs(spec.Rootfs, upper, work, rootfs); err != nil {
+		return nil, err
+	}
+	nsPath := filepath.Join(b, "netns")
+	if err := setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge); err != nil {
+		return nil, err
+	}
+	port := spec.Port
+	if port == 0 {
+		port = defaultPort
+	}
+	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid})
+	if err != nil {
+		return nil, err
+	}
+	js, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(b, "config.json"), js, 0o600); err != nil {
+		return nil, err
+	}
+
+	pidFile := filepath.Join(b, "pid")
+	cmd := exec.Command(d.cfg.Runc, "--root", d.root, "--log", filepath.Join(b, "runc.log"), "--log-format", "json",
+		"run", "--bundle", b, "--pid-file", pidFile, "--keep", id)
+	// --keep: runc would otherwise delete the cgroup the moment the machine
+	// exits, and with it the OOM-kill counter Wait reads. Pdeathsig: if
+	// the server dies, runc goes too (the machine itself survives until
+	// Cleanup; nothing could read its output any more).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Our own pipes, handed to runc and through it to the machine's
+	// processes (no terminal): output is read until the last process
+	// holding them is gone.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	if err := cmd.Start(); err != nil {
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
+		return nil, fmt.Errorf("run %s: %w", d.cfg.Runc, err)
+	}
+	outW.Close()
+	errW.Close()
+	handedOff = true
+
+	p := &proc{d: d, id: id, log: log, addr: net.JoinHostPort(addr.String(), strconv.Itoa(port)),
+		exited: make(chan struct{}), done: make(chan struct{})}
+	var copies sync.WaitGroup
+	copies.Add(2)
+	go func() { defer copies.Done(); copyLines(orDiscard(spec.Stdout), outR) }()
+	go func() { defer copies.Done(); copyLines(orDiscard(spec.Stderr), errR) }()
+	go p.wait(cmd, &copies, addr)
+
+	pid, err := waitPidFile(ctx, pidFile, p.exited)
+	if err != nil {
+		cmd.Process.Kill()
+		<-p.done
+		if p.startErr != "" {
+			return nil, errors.New(p.startErr)
+		}
+		return nil, err
+	}
+	p.pid = pid
+	log.Debug("machine started", "addr", p.addr, "pid", pid)
+	return p, nil
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+func (d *Driver) forget(id string) {
+	d.mu.Lock()
+	delete(d.live, id)
+	d.mu.Unlock()
+}
+
+// waitPidFile waits for runc to write the machine's host pid, which it does
+// once the machine's command runs.
+func waitPidFile(ctx context.Context, path string, exited <-chan struct{}) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	delay := 200 * time.Microsecond
+	for {
+		if data, err := os.ReadFile(path); err == nil && len(data) > 0 {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil {
+				return pid, nil
+			}
+		}
+		select {
+		case <-exited:
+			return 0, errors.New("runc exited before the machine started")
+		case <-ctx.Done():
+			return 0, fmt.Errorf("waiting for runc: %w", ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Millisecond)
+	}
+}
+
+func copyLines(w io.Writer, r *os.File) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		w.Write(append(sc.Bytes(), '\n'))
+	}
+	io.Copy(io.Discard, r) // a line over 1 MiB: drain so the writer is not blocked
+}
+
+// cgroupPath is the machine's cgroup, absolute: under /pier in each
+// hierarchy rather than under the server's own cgroup, so machines are not
+// charged to pier and survive a restart of the server's service for Cleanup.
+func cgroupPath(id string) string { return "/pier/" + id }
+
+// teardown removes everything a machine may have on the host; each step
+// tolerates its part being gone already. found says whether anything was.
+func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error) {
+	b := d.bundle(id)
+	var errs []error
+	if _, serr := os.Stat(filepath.Join(d.root, id)); serr == nil {
+		found = true
+		// -f kills whatever still runs (a runc killed with the server
+		// leaves its machine running) and removes the cgroups.
+		out, derr := exec.CommandContext(ctx, d.cfg.Runc, "--root", d.root, "delete", "-f", id).CombinedOutput()
+		if derr != nil {
+			errs = append(errs, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out)))
+		}
+	}
+	veth := hostVeth(id)
+	if _, lerr := netlink.LinkByName(veth); lerr == nil {
+		found = true
+	}
+	if err := removeNetns(filepath.Join(b, "netns"), veth); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmount(filepath.Join(b, "rootfs")); err != nil {
+		errs = append(errs, err)
+	}
+	if n, err := removeCgroups(id); n > 0 || err != nil {
+		found = true
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, serr := os.Stat(b); serr == nil {
+		found = true
+		// Never RemoveAll through a mount: it would delete inside it.
+		if mounted := mountsUnder(b); len(mounted) > 0 {
+			errs = append(errs, fmt.Errorf("%s still has mounts %v: not removing it", b, mounted))
+		} else if rerr := os.RemoveAll(b); rerr != nil {
+			errs = append(errs, rerr)
+		}
+	}
+	return found, errors.Join(errs...)
+}
+
+// removeCgroups removes /pier/<id> from every hierarchy where runc left it.
+func removeCgroups(id string) (int, error) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", strings.TrimPrefix(cgroupPath(id), "/")))
+	if cg := filepath.Join("/sys/fs/cgroup", cgroupPath(id)); isDir(cg) { // cgroup v2
+		dirs = append(dirs, cg)
+	}
+	var errs []error
+	for _, dir := range dirs {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+		}
+	}
+	return len(dirs), errors.Join(errs...)
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// mountsUnder lists the mount points at or below dir, deepest last.
+func mountsUnder(dir string) []string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Cleanup removes what a previous run of the server left: containers in
+// runc's root, bundles and mounts under StateDir, network namespaces and
+// veths, cgroups. Everything the driver owns that is not a machine of this
+// Driver value counts as left over, whether or not its id is in ids (a
+// crash in the middle of a start leaves machines the server never
+// recorded); ids are cleaned up too. It returns how many machines it found
+// something of.
+func (d *Driver) Cleanup(ctx context.Context, ids []string) (int, error) {
+	cand := map[string]bool{}
+	for _, id := range ids {
+		if validID.MatchString(id) && id != runcRoot {
+			cand[id] = true
+		}
+	}
+	if entries, err := os.ReadDir(d.root); err == nil {
+		for _, e := range entries {
+			cand[e.Name()] = true
+		}
+	}
+	if entries, err := os.ReadDir(d.cfg.StateDir); err == nil {
+		for _, e := range entries {
+			if e.IsDir() && e.Name() != runcRoot && validID.MatchString(e.Name()) {
+				cand[e.Name()] = true
+			}
+		}
+	}
+	d.mu.Lock()
+	live := map[string]bool{}
+	for id := range d.live {
+		delete(cand, id)
+		live[hostVeth(id)] = true
+	}
+	d.mu.Unlock()
+
+	n := 0
+	var errs []error
+	for id := range cand {
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		found, err := d.teardown(ctx, id)
+		if found {
+			n++
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("machine %s: %w", id, err))
+		}
+	}
+	// Veths of machines whose bundle is gone (or never written).
+	for _, l := range strayVeths(d.cfg.Bridge, live) {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		}
+	}
+	if n > 0 {
+		d.log.Info("removed machines left by a previous run", "count", n)
+	}
+	return n, errors.Join(errs...)
+}

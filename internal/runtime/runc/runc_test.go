@@ -1,0 +1,743 @@
+package runc
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pier-dev/pier/internal/runtime"
+)
+
+// The tests drive the real runc as root. TestMain builds a root filesystem
+// (a static Go test server and busybox), one Driver on a bridge and subnet
+// of its own, and after the tests checks that nothing leaked and removes
+// the bridge and firewall chains.
+
+var (
+	skipReason string // why the runc tests cannot run here
+	drv        *Driver
+	stateDir   string
+	rootfsDir  string
+	testBridge string
+	hasBusybox bool
+	idSeq      atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	switch {
+	case os.Geteuid() != 0:
+		skipReason = "needs root"
+	default:
+		if _, err := exec.LookPath("runc"); err != nil {
+			skipReason = "runc not installed (apt-get install runc, or bash scripts/deps.sh)"
+		}
+	}
+	if skipReason != "" {
+		return m.Run()
+	}
+	tmp, err := os.MkdirTemp("", "pier-runc-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	stateDir = filepath.Join(tmp, "state")
+	rootfsDir = filepath.Join(tmp, "rootfs")
+	if err := buildRootfs(rootfsDir); err != nil {
+		fmt.Fprintln(os.Stderr, "build test rootfs:", err)
+		return 1
+	}
+	// A bridge and subnet of the tests' own, so a pier server on this host
+	// (pier0, 100.96.0.0/16) is never touched.
+	testBridge = fmt.Sprintf("pt%d", os.Getpid()%100000)
+	subnet := fmt.Sprintf("100.127.%d.0/24", os.Getpid()%250)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	drv, err = New(Config{StateDir: stateDir, Subnet: subnet, Bridge: testBridge, Log: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "runc driver:", err)
+		return 1
+	}
+	code := m.Run()
+	if leaks := leaks(); len(leaks) > 0 {
+		fmt.Fprintln(os.Stderr, "LEAKS after the tests:\n  "+strings.Join(leaks, "\n  "))
+		code = 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := drv.Uninstall(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "uninstall:", err)
+		code = 1
+	}
+	if _, err := net.InterfaceByName(testBridge); err == nil {
+		fmt.Fprintln(os.Stderr, "bridge still there after Uninstall")
+		code = 1
+	}
+	if iptables(ctx, "-n", "-L", drv.fw.inChain()) == nil {
+		fmt.Fprintln(os.Stderr, "firewall chain still there after Uninstall")
+		code = 1
+	}
+	return code
+}
+
+// leaks lists what the tests' machines left on the host.
+func leaks() []string {
+	var out []string
+	if data, err := exec.Command("runc", "--root", drv.root, "list", "-q").Output(); err != nil || len(bytes.TrimSpace(data)) > 0 {
+		out = append(out, fmt.Sprintf("runc containers: %q %v", data, err))
+	}
+	if m := mountsUnder(stateDir); len(m) > 0 {
+		out = append(out, fmt.Sprintf("mounts: %v", m))
+	}
+	entries, _ := os.ReadDir(stateDir)
+	for _, e := range entries {
+		if e.Name() != runcRoot {
+			out = append(out, "bundle: "+e.Name())
+		}
+	}
+	for _, l := range strayVeths(testBridge, nil) {
+		out = append(out, "veth: "+l.Attrs().Name)
+	}
+	cgs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/*/pier/t%d-*", os.Getpid()))
+	out = append(out, cgs...)
+	return out
+}
+
+func buildRootfs(dir string) error {
+	for _, d := range []string{"bin", "etc", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(filepath.Join(dir, "tmp"), 0o777|os.ModeSticky); err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "bin", "machine"), "./testdata/machine")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %w: %s", err, out)
+	}
+	if data, err := os.ReadFile("/bin/busybox"); err == nil && isStatic("/bin/busybox") {
+		if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
+			return err
+		}
+		hasBusybox = true
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", "sh")); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc", "passwd"), []byte("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "etc", "group"), []byte("root:x:0:\nnogroup:x:65534:\n"), 0o644)
+}
+
+// isStatic says whether an executable needs no dynamic loader (a
+// busybox from the "busybox" package does; "busybox-static"'s does not).
+func isStatic(path string) bool {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false
+		}
+	}
+	return true
+}
+
+// need skips (or, in CI, fails) a test that cannot run here.
+func need(t testing.TB) {
+	t.Helper()
+	if skipReason == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("runc tests cannot run in CI: %s", skipReason)
+	}
+	t.Skip(skipReason)
+}
+
+func needBusybox(t *testing.T) {
+	t.Helper()
+	if hasBusybox {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no /bin/busybox: apt-get install busybox-static (scripts/deps.sh does)")
+	}
+	t.Skip("no /bin/busybox")
+}
+
+func newID() string { return fmt.Sprintf("t%d-%d", os.Getpid(), idSeq.Add(1)) }
+
+// lines collects a machine's output.
+type lines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lines) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(b)
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+type machineT struct {
+	runtime.Process
+	id     string
+	stdout *lines
+}
+
+// start starts a machine running the test server and waits until it serves;
+// the machine is killed and waited for at the end of the test.
+func start(t testing.TB, edit func(*runtime.Spec)) *machineT {
+	t.Helper()
+	need(t)
+	out := &lines{}
+	spec := runtime.Spec{ID: newID(), App: "test", Command: []string{"/bin/machine"}, Env: []string{"GREETING=hello"},
+		Stdout: out, Stderr: out, Rootfs: []string{rootfsDir}}
+	if edit != nil {
+		edit(&spec)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := drv.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	m := &machineT{Process: p, id: spec.ID, stdout: out}
+	t.Cleanup(func() { stop(t, m) })
+	waitServing(t, m)
+	return m
+}
+
+func stop(t testing.TB, m *machineT) runtime.Exit {
+	t.Helper()
+	m.Signal(syscall.SIGKILL)
+	return waitExit(t, m, 30*time.Second)
+}
+
+func waitExit(t testing.TB, m *machineT, d time.Duration) runtime.Exit {
+	t.Helper()
+	done := make(chan runtime.Exit, 1)
+	go func() { done <- m.Wait() }()
+	select {
+	case e := <-done:
+		return e
+	case <-time.After(d):
+		t.Fatalf("machine %s did not exit within %v", m.id, d)
+		return runtime.Exit{}
+	}
+}
+
+var client = &http.Client{Timeout: 10 * time.Second}
+
+func waitServing(t testing.TB, m *machineT) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := client.Get("http://" + m.Addr() + "/ok")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("machine %s not serving at %s: %v; output:\n%s", m.id, m.Addr(), err, m.stdout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// get calls an endpoint of the test server and returns status and body.
+func get(t testing.TB, m *machineT, path string, q url.Values) (int, string) {
+	t.Helper()
+	resp, err := client.Get("http://" + m.Addr() + path + "?" + q.Encode())
+	if err != nil {
+		t.Fatalf("GET %s on %s: %v", path, m.id, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestServesHTTP(t *testing.T) {
+	m := start(t, func(s *runtime.Spec) { s.Port = 9090 })
+	if !strings.HasSuffix(m.Addr(), ":9090") {
+		t.Errorf("Addr = %s, want port 9090", m.Addr())
+	}
+	_, env := get(t, m, "/env", nil)
+	for _, want := range []string{"PORT=9090", "PIER_MACHINE_ID=" + m.id, "GREETING=hello", "PATH="} {
+		if !strings.Contains(env, want) {
+			t.Errorf("env lacks %s:\n%s", want, env)
+		}
+	}
+	if _, h := get(t, m, "/hostname", nil); h != m.id {
+		t.Errorf("hostname = %q, want %q", h, m.id)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", m.PID()))
+	if err != nil || !strings.HasPrefix(string(cmdline), "/bin/machine") {
+		t.Errorf("PID %d is not the machine's init on the host: %q %v", m.PID(), cmdline, err)
+	}
+	if out := m.stdout.String(); !strings.Contains(out, "machine starting "+m.id) || !strings.Contains(out, "to stderr") {
+		t.Errorf("output = %q", out)
+	}
+	if _, hosts := get(t, m, "/read", url.Values{"path": {"/etc/hosts"}}); !strings.Contains(hosts, m.id) {
+		t.Errorf("/etc/hosts = %q", hosts)
+	}
+	if code, _ := get(t, m, "/read", url.Values{"path": {"/etc/resolv.conf"}}); code != 200 {
+		t.Errorf("no /etc/resolv.conf")
+	}
+}
+
+func TestDefaultPort(t *testing.T) {
+	m := start(t, nil)
+	if !strings.HasSuffix(m.Addr(), ":8080") {
+		t.Errorf("Addr = %s, want port 8080", m.Addr())
+	}
+}
+
+func TestHostIsInvisible(t *testing.T) {
+	m := start(t, nil)
+	hostHostname, _ := os.ReadFile("/etc/hostname")
+	if code, body := get(t, m, "/read", url.Values{"path": {"/etc/hostname"}}); code != 200 || body != m.id+"\n" ||
+		(len(hostHostname) > 0 && body == string(hostHostname)) {
+		t.Errorf("/etc/hostname in the machine = %d %q (host's is %q)", code, body, hostHostname)
+	}
+	marker := filepath.Join(stateDir, "..", "host-secret")
+	os.WriteFile(marker, []byte("secret"), 0o600)
+	defer os.Remove(marker)
+	for _, p := range []string{stateDir, filepath.Dir(stateDir), rootfsDir, "/work", "/root"} {
+		if code, body := get(t, m, "/ls", url.Values{"path": {p}}); code == 200 && body != "" {
+			t.Errorf("host directory %s visible in the machine: %q", p, body)
+		}
+	}
+	if code, body := get(t, m, "/read", url.Values{"path": {marker}}); code == 200 {
+		t.Errorf("host file visible: %q", body)
+	}
+	_, procs := get(t, m, "/procs", nil)
+	ps := strings.Split(strings.TrimSpace(procs), "\n")
+	if len(ps) == 0 || !strings.HasPrefix(ps[0], "1 /bin/machine") {
+		t.Errorf("pid 1 is not the machine: %q", procs)
+	}
+	for _, p := range ps {
+		if !strings.Contains(p, "/bin/machine") {
+			t.Errorf("a process that is not the machine's is visible: %q", p)
+		}
+	}
+	if len(ps) > 3 {
+		t.Errorf("machine sees %d processes: %q", len(ps), procs)
+	}
+	// No IPv6 anywhere: a link-local address would be a way around the
+	// IPv4 firewall.
+	if _, v6 := get(t, m, "/read", url.Values{"path": {"/proc/net/if_inet6"}}); strings.TrimSpace(v6) != "" && !strings.Contains(v6, "no such file") {
+		t.Errorf("machine has IPv6 addresses: %q", v6)
+	}
+}
+
+func TestNetworkIsolation(t *testing.T) {
+	m := start(t, nil)
+	other := start(t, nil)
+
+	// Host listeners on loopback and on every address (the gateway
+	// included); neither may see a connection from the machine.
+	var accepted atomic.Int32
+	listen := func(addr string) *net.TCPAddr {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				accepted.Add(1)
+				c.Close()
+			}
+		}()
+		return l.Addr().(*net.TCPAddr)
+	}
+	lo := listen("127.0.0.1:0")
+	all := listen("0.0.0.0:0")
+	// The host itself can reach the machine (that is how the edge proxy
+	// works), which also proves the listeners and the bridge work.
+	if _, body := get(t, m, "/ok", nil); body != "ok" {
+		t.Fatalf("host cannot reach machine: %q", body)
+	}
+	gw := drv.Gateway().String()
+	for _, target := range []string{
+		fmt.Sprintf("127.0.0.1:%d", lo.Port),
+		fmt.Sprintf("127.0.0.1:%d", all.Port),
+		net.JoinHostPort(gw, fmt.Sprint(all.Port)),
+		other.Addr(),
+	} {
+		if _, body := get(t, m, "/dial", url.Values{"addr": {target}}); !strings.HasPrefix(body, "error:") {
+			t.Errorf("machine reached %s: %q", target, body)
+		}
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Errorf("host listeners accepted %d connections from the machine", n)
+	}
+	// Sanity check of the probe: a machine reaches itself.
+	if _, body := get(t, m, "/dial", url.Values{"addr": {"127.0.0.1:8080"}}); body != "connected" {
+		t.Errorf("machine cannot reach its own port: %q", body)
+	}
+}
+
+func TestOutboundPolicy(t *testing.T) {
+	open := start(t, nil)
+	closed := start(t, func(s *runtime.Spec) { s.DenyOutbound = true })
+	ip := func(m *machineT) net.IP {
+		h, _, _ := net.SplitHostPort(m.Addr())
+		return net.ParseIP(h)
+	}
+	_, allowNet, _ := net.ParseCIDR(drv.fw.allow)
+	_, denyNet, _ := net.ParseCIDR(drv.fw.deny)
+	if !allowNet.Contains(ip(open)) {
+		t.Errorf("machine with outbound %s not in %s", ip(open), allowNet)
+	}
+	if !denyNet.Contains(ip(closed)) {
+		t.Errorf("machine without outbound %s not in %s", ip(closed), denyNet)
+	}
+	// The rules themselves; no traffic leaves this host in the tests.
+	ctx := context.Background()
+	for _, rule := range [][]string{
+		{"-t", "filter", "-C", drv.fw.fwdChain(), "-i", testBridge, "-s", drv.fw.deny, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"},
+		{"-t", "filter", "-C", drv.fw.fwdChain(), "-i", testBridge, "-s", drv.fw.allow, "-j", "ACCEPT"},
+		{"-t", "nat", "-C", drv.fw.natChain(), "-s", drv.fw.subnet, "!", "-o", testBridge, "-j", "MASQUERADE"},
+		{"-t", "filter", "-C", "FORWARD", "-i", testBridge, "-j", drv.fw.fwdChain()},
+		{"-t", "filter", "-C", "INPUT", "-i", testBridge, "-j", drv.fw.inChain()},
+	} {
+		if err := iptables(ctx, rule...); err != nil {
+			t.Error(err)
+		}
+	}
+	if v, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(string(v)) != "1" {
+		t.Errorf("ip_forward = %q", v)
+	}
+	// The deny rule comes before the accept rule.
+	out, _ := exec.Command("iptables", "-S", drv.fw.fwdChain()).Output()
+	if d, a := strings.Index(string(out), drv.fw.deny), strings.Index(string(out), "-s "+drv.fw.allow); d < 0 || a < 0 || d > a {
+		t.Errorf("rule order:\n%s", out)
+	}
+}
+
+// treeSum fingerprints a directory tree: names, modes, sizes, contents.
+func treeSum(t *testing.T, dir string) string {
+	t.Helper()
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %v %d %v\n", p, fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
+		if fi.Mode().IsRegular() {
+			data, _ := os.ReadFile(p)
+			h.Write(data)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+func TestWritesStayInTheirMachine(t *testing.T) {
+	before := treeSum(t, rootfsDir)
+	a := start(t, func(s *runtime.Spec) {
+		s.Files = []runtime.File{{Path: "/etc/app.conf", Data: []byte("a"), Mode: 0o600}, {Path: "/tmp/deep/dir/f", Data: []byte("x")}}
+	})
+	b := start(t, func(s *runtime.Spec) { s.Files = []runtime.File{{Path: "/etc/app.conf", Data: []byte("b")}} })
+	for _, m := range []struct {
+		m    *machineT
+		want string
+	}{{a, "a"}, {b, "b"}} {
+		if _, body := get(t, m.m, "/read", url.Values{"path": {"/etc/app.conf"}}); body != m.want {
+			t.Errorf("%s /etc/app.conf = %q, want %q", m.m.id, body, m.want)
+		}
+	}
+	for _, p := range []string{"/tmp/written", "/bin/written", "/etc/passwd"} {
+		if code, body := get(t, a, "/write", url.Values{"path": {p}, "data": {"from a"}}); code != 200 {
+			t.Fatalf("write %s in a: %d %s", p, code, body)
+		}
+		if _, body := get(t, a, "/read", url.Values{"path": {p}}); body != "from a" {
+			t.Errorf("a reads back %s = %q", p, body)
+		}
+		if _, body := get(t, b, "/read", url.Values{"path": {p}}); body == "from a" {
+			t.Errorf("b sees a's write to %s", p)
+		}
+	}
+	if hasBusybox {
+		// The directory made for /tmp/deep keeps the image's /tmp mode.
+		res, err := a.Process.(runtime.Execer).Exec(context.Background(), []string{"busybox", "stat", "-c", "%A", "/tmp"}, nil)
+		if err != nil || strings.TrimSpace(res.Stdout) != "drwxrwxrwt" {
+			t.Errorf("/tmp mode in machine = %q %v", res.Stdout, err)
+		}
+	}
+	stop(t, a)
+	stop(t, b)
+	if after := treeSum(t, rootfsDir); after != before {
+		t.Errorf("the shared rootfs changed on the host")
+	}
+}
+
+func TestOOMKilled(t *testing.T) {
+	bystander := start(t, func(s *runtime.Spec) { s.Resources.MemoryMB = 64 })
+	m := start(t, func(s *runtime.Spec) { s.Resources.MemoryMB = 32 })
+	resp, err := client.Get("http://" + m.Addr() + "/alloc?mb=64")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Logf("alloc answered: %s", body)
+	}
+	exit := waitExit(t, m, 30*time.Second)
+	if !exit.OOMKilled {
+		t.Errorf("exit = %+v, want OOMKilled", exit)
+	}
+	if _, body := get(t, bystander, "/ok", nil); body != "ok" {
+		t.Errorf("bystander: %q", body)
+	}
+	// A machine that stays within its limit is not reported as OOM-killed.
+	if _, body := get(t, bystander, "/alloc", url.Values{"mb": {"8"}}); !strings.HasPrefix(body, "allocated") {
+		t.Errorf("bystander alloc: %q", body)
+	}
+	if exit := stop(t, bystander); exit.OOMKilled || exit.Signal != "killed" {
+		t.Errorf("bystander exit = %+v", exit)
+	}
+}
+
+func TestForkBombIsContained(t *testing.T) {
+	m := start(t, func(s *runtime.Spec) { s.Resources.Pids = 32 })
+	startT := time.Now()
+	_, body := get(t, m, "/forkbomb", nil)
+	t.Logf("fork bomb: %s in %v", body, time.Since(startT))
+	var n int
+	if _, err := fmt.Sscanf(body, "started %d", &n); err != nil || n >= 32 {
+		t.Errorf("fork bomb got %q, want fewer than 32 children", body)
+	}
+	if _, body := get(t, m, "/ok", nil); body != "ok" {
+		t.Errorf("machine after fork bomb: %q", body)
+	}
+	if err := exec.Command("true").Run(); err != nil {
+		t.Errorf("host cannot fork: %v", err)
+	}
+}
+
+func TestExec(t *testing.T) {
+	needBusybox(t)
+	m := start(t, nil)
+	ex := m.Process.(runtime.Execer)
+	ctx := context.Background()
+	res, err := ex.Exec(ctx, []string{"sh", "-c", "echo out; echo err >&2; exit 3"}, nil)
+	if err != nil || res.ExitCode != 3 || res.Stdout != "out\n" || res.Stderr != "err\n" {
+		t.Errorf("Exec = %+v, %v", res, err)
+	}
+	res, err = ex.Exec(ctx, []string{"busybox", "cat"}, []byte("from stdin"))
+	if err != nil || res.ExitCode != 0 || res.Stdout != "from stdin" {
+		t.Errorf("Exec cat = %+v, %v", res, err)
+	}
+	res, err = ex.Exec(ctx, []string{"busybox", "env"}, nil)
+	if err != nil || !strings.Contains(res.Stdout, "PIER_MACHINE_ID="+m.id) || !strings.Contains(res.Stdout, "PORT=8080") {
+		t.Errorf("Exec env = %+v, %v", res, err)
+	}
+	// Hardening: no user namespaces, no raw sockets, no host devices.
+	res, _ = ex.Exec(ctx, []string{"busybox", "unshare", "-U", "true"}, nil)
+	if res.ExitCode == 0 {
+		t.Errorf("unshare -U worked in a machine: %+v", res)
+	}
+	res, _ = ex.Exec(ctx, []string{"sh", "-c", "grep CapEff /proc/self/status"}, nil)
+	if !strings.Contains(res.Stdout, "CapEff:\t00000000a80405fb") {
+		t.Errorf("capabilities: %q", res.Stdout)
+	}
+	res, _ = ex.Exec(ctx, []string{"busybox", "ls", "/dev"}, nil)
+	for _, dev := range strings.Fields(res.Stdout) {
+		switch dev {
+		case "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue", "ptmx", "fd", "stdin", "stdout", "stderr", "console", "core":
+		default:
+			t.Errorf("unexpected /dev/%s", dev)
+		}
+	}
+	// A command that outlives its context is killed.
+	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	_, err = ex.Exec(cctx, []string{"busybox", "sleep", "60"}, nil)
+	if err == nil || time.Since(t0) > 10*time.Second {
+		t.Errorf("Exec past its context: err %v after %v", err, time.Since(t0))
+	}
+	res, _ = ex.Exec(ctx, []string{"busybox", "pidof", "sleep"}, nil)
+	if strings.TrimSpace(res.Stdout) != "" {
+		t.Errorf("sleep still runs after its Exec was cancelled: %q", res.Stdout)
+	}
+}
+
+func TestUser(t *testing.T) {
+	needBusybox(t)
+	m := start(t, func(s *runtime.Spec) { s.User = "nobody"; s.WorkDir = "/tmp" })
+	res, err := m.Process.(runtime.Execer).Exec(context.Background(), []string{"sh", "-c", "id -u; id -g; pwd; grep CapEff /proc/self/status"}, nil)
+	if err != nil || res.Stdout != "65534\n65534\n/tmp\nCapEff:\t0000000000000000\n" {
+		t.Errorf("Exec as nobody = %+v %v", res, err)
+	}
+}
+
+func TestSignal(t *testing.T) {
+	m := start(t, nil)
+	if err := m.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Go as pid 1 of a pid namespace cannot die of a signal it does not
+	// handle (the kernel ignores it for init), so the Go runtime exits 2:
+	// either way the machine stops.
+	if exit := waitExit(t, m, 15*time.Second); (exit.Signal != "terminated" && exit.Code != 2) || exit.OOMKilled {
+		t.Errorf("after SIGTERM: %+v", exit)
+	}
+	if err := m.Signal(syscall.SIGTERM); err != nil {
+		t.Errorf("Signal after exit: %v", err)
+	}
+
+	stubborn := start(t, func(s *runtime.Spec) { s.Env = append(s.Env, "IGNORE_TERM=1") })
+	if err := stubborn.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, body := get(t, stubborn, "/ok", nil); body != "ok" {
+		t.Errorf("machine ignoring SIGTERM stopped serving: %q", body)
+	}
+	if err := stubborn.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if exit := waitExit(t, stubborn, 15*time.Second); exit.Signal != "killed" {
+		t.Errorf("after SIGKILL: %+v", exit)
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	m := start(t, nil)
+	client.Get("http://" + m.Addr() + "/exit?code=3")
+	if exit := waitExit(t, m, 15*time.Second); exit.Code != 3 || exit.Signal != "" || exit.OOMKilled {
+		t.Errorf("exit = %+v, want code 3", exit)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	for name, spec := range map[string]runtime.Spec{
+		"no rootfs":  {ID: newID(), Command: []string{"/bin/machine"}},
+		"bad id":     {ID: "../x", Command: []string{"/bin/machine"}, Rootfs: []string{rootfsDir}},
+		"no command": {ID: newID(), Rootfs: []string{rootfsDir}},
+		"bad user":   {ID: newID(), Command: []string{"/bin/machine"}, Rootfs: []string{rootfsDir}, User: "nosuchuser"},
+		"bad layer":  {ID: newID(), Command: []string{"/bin/machine"}, Rootfs: []string{"/nonexistent"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if p, err := drv.Start(ctx, spec); err == nil {
+				p.Signal(syscall.SIGKILL)
+				p.Wait()
+				t.Fatal("Start succeeded")
+			}
+		})
+	}
+	// A command that does not exist: runc fails after the machine was set
+	// up; either Start or the machine reports it, and nothing is left.
+	p, err := drv.Start(ctx, runtime.Spec{ID: newID(), Command: []string{"/nonexistent"}, Rootfs: []string{rootfsDir}})
+	if err == nil {
+		m := &machineT{Process: p, id: "nonexistent"}
+		if exit := waitExit(t, m, 15*time.Second); exit.Code == 0 {
+			t.Errorf("exit = %+v", exit)
+		}
+	} else if !strings.Contains(err.Error(), "nonexistent") {
+		t.Errorf("error does not name the command: %v", err)
+	}
+}
+
+func TestCleanup(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	m := start(t, nil)
+	// The live driver leaves its own machines alone.
+	if n, err := drv.Cleanup(ctx, []string{m.id, "unknown"}); err != nil || n != 0 {
+		t.Errorf("Cleanup on live machines = %d, %v", n, err)
+	}
+	if _, body := get(t, m, "/ok", nil); body != "ok" {
+		t.Fatalf("machine gone after Cleanup of a live driver: %q", body)
+	}
+	// A new Driver on the same state dir, as after a server crash, sees
+	// the machine as left over.
+	next, err := New(drv.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := next.Cleanup(ctx, []string{m.id})
+	if err != nil || n != 1 {
+		t.Errorf("Cleanup after restart = %d, %v", n, err)
+	}
+	waitExit(t, m, 15*time.Second)
+	if l := leaks(); len(l) > 0 {
+		t.Errorf("after Cleanup: %v", l)
+	}
+}
+
+func TestConcurrentStarts(t *testing.T) {
+	need(t)
+	ps := make([]runtime.Process, 6)
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i := range ps {
+		wg.Go(func() {
+			ps[i], errs[i] = drv.Start(context.Background(), runtime.Spec{ID: newID(), Command: []string{"/bin/machine"}, Rootfs: []string{rootfsDir}})
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, p := range ps {
+		if errs[i] != nil {
+			t.Errorf("Start: %v", errs[i])
+			continue
+		}
+		m := &machineT{Process: p, id: fmt.Sprint(i), stdout: &lines{}}
+		t.Cleanup(func() { stop(t, m) })
+		waitServing(t, m)
+		if seen[m.Addr()] {
+			t.Errorf("address %s given twice", m.Addr())
+		}
+		seen[m.Addr()] = true
+	}
+}

@@ -1,0 +1,120 @@
+// Command machine is the workload of the runc runtime's tests: a static
+// HTTP server on $PORT whose endpoints probe what a machine can see and do.
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "sleep" { // a fork-bomb child
+		time.Sleep(time.Minute)
+		return
+	}
+	if os.Getenv("IGNORE_TERM") != "" {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	fmt.Println("machine starting", os.Getenv("PIER_MACHINE_ID"))
+	fmt.Fprintln(os.Stderr, "to stderr")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, strings.Join(os.Environ(), "\n"))
+	})
+	mux.HandleFunc("/hostname", func(w http.ResponseWriter, r *http.Request) {
+		h, _ := os.Hostname()
+		fmt.Fprint(w, h)
+	})
+	mux.HandleFunc("/read", func(w http.ResponseWriter, r *http.Request) {
+		data, err := os.ReadFile(r.FormValue("path"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		w.Write(data)
+	})
+	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
+		if err := os.WriteFile(r.FormValue("path"), []byte(r.FormValue("data")), 0o644); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "written")
+	})
+	mux.HandleFunc("/ls", func(w http.ResponseWriter, r *http.Request) {
+		entries, err := os.ReadDir(r.FormValue("path"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		for _, e := range entries {
+			fmt.Fprintln(w, e.Name())
+		}
+	})
+	// /procs lists the pids this machine sees with their command lines.
+	mux.HandleFunc("/procs", func(w http.ResponseWriter, r *http.Request) {
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			if _, err := strconv.Atoi(e.Name()); err != nil {
+				continue
+			}
+			cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			fmt.Fprintf(w, "%s %s\n", e.Name(), strings.ReplaceAll(string(cmd), "\x00", " "))
+		}
+	})
+	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.DialTimeout("tcp", r.FormValue("addr"), 2*time.Second)
+		if err != nil {
+			fmt.Fprint(w, "error: ", err)
+			return
+		}
+		c.Close()
+		fmt.Fprint(w, "connected")
+	})
+	var hold [][]byte
+	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.FormValue("mb"))
+		for range mb {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			hold = append(hold, b)
+		}
+		fmt.Fprintf(w, "allocated %d MB", mb)
+	})
+	// /forkbomb starts children until the kernel refuses, then reports
+	// how many it got and kills them.
+	mux.HandleFunc("/forkbomb", func(w http.ResponseWriter, r *http.Request) {
+		var cmds []*exec.Cmd
+		var err error
+		for len(cmds) < 100000 {
+			c := exec.Command("/proc/self/exe", "sleep")
+			if err = c.Start(); err != nil {
+				break
+			}
+			cmds = append(cmds, c)
+		}
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+		fmt.Fprintf(w, "started %d, then: %v", len(cmds), err)
+	})
+	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.FormValue("code"))
+		os.Exit(code)
+	})
+	if err := http.ListenAndServe(":"+os.Getenv("PORT"), mux); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
