@@ -35,11 +35,15 @@ func mountRootfs(lowers []string, upper, work, target string) error {
 			return fmt.Errorf("rootfs layer %s is not a directory", l)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,volatile", strings.Join(lowers, ":"), upper, work)
-	if len(opts) >= os.Getpagesize() {
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), upper, work)
+	if len(opts)+len(",volatile") >= os.Getpagesize() {
 		return fmt.Errorf("rootfs: %d layers make the overlay options longer than the kernel takes", len(lowers))
 	}
-	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
+	err := unix.Mount("overlay", target, "overlay", 0, opts+",volatile")
+	if errors.Is(err, unix.EINVAL) { // kernels before 5.10 have no volatile
+		err = unix.Mount("overlay", target, "overlay", 0, opts)
+	}
+	if err != nil {
 		return fmt.Errorf("mount overlay rootfs: %w", err)
 	}
 	return nil

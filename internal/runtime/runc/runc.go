@@ -65,6 +65,8 @@ type Driver struct {
 	bridge netlink.Link
 	fw     firewall
 	resolv []byte
+	// swapLimit: memory limits can include swap (see swapAccounting).
+	swapLimit bool
 
 	mu   sync.Mutex
 	live map[string]bool // machines starting or running: Cleanup leaves them alone
@@ -142,10 +144,26 @@ func New(c Config) (*Driver, error) {
 		return nil, err
 	}
 	d.resolv = hostResolvConf()
+	d.swapLimit = swapAccounting()
+	if !d.swapLimit {
+		d.log.Warn("the kernel does not account swap per cgroup: machines' memory limits do not cover swap (boot with swapaccount=1)")
+	}
 	return d, nil
 }
 
 const runcRoot = "runc-root"
+
+// swapAccounting says whether a machine's swap can be limited along with its
+// memory: always on cgroup v2; on v1 only when the kernel accounts swap
+// (the memsw files exist), which Debian kernels do only with swapaccount=1.
+// Without it, runc fails to start a spec with a swap limit.
+func swapAccounting() bool {
+	if !isDir("/sys/fs/cgroup/memory") {
+		return true
+	}
+	_, err := os.Stat("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+	return err == nil
+}
 
 // Gateway is the host's address on the bridge, as machines see it.
 func (d *Driver) Gateway() netip.Addr { return d.ipam.gateway }
@@ -262,7 +280,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if port == 0 {
 		port = defaultPort
 	}
-	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid})
+	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid, swapLimit: d.swapLimit})
 	if err != nil {
 		return nil, err
 	}

@@ -15,12 +15,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/pier-dev/pier/internal/runtime"
 )
@@ -411,6 +415,17 @@ func TestNetworkIsolation(t *testing.T) {
 	if n := accepted.Load(); n != 0 {
 		t.Errorf("host listeners accepted %d connections from the machine", n)
 	}
+	// And it was the firewall that turned the gateway dial away.
+	out, _ := exec.Command("iptables", "-n", "-v", "-x", "-L", drv.fw.inChain()).Output()
+	var rejected int
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[2] == "REJECT" {
+			fmt.Sscan(f[0], &rejected)
+		}
+	}
+	if rejected == 0 {
+		t.Errorf("no packet hit the INPUT reject rule:\n%s", out)
+	}
 	// Sanity check of the probe: a machine reaches itself.
 	if _, body := get(t, m, "/dial", url.Values{"addr": {"127.0.0.1:8080"}}); body != "connected" {
 		t.Errorf("machine cannot reach its own port: %q", body)
@@ -432,7 +447,22 @@ func TestOutboundPolicy(t *testing.T) {
 	if !denyNet.Contains(ip(closed)) {
 		t.Errorf("machine without outbound %s not in %s", ip(closed), denyNet)
 	}
-	// The rules themselves; no traffic leaves this host in the tests.
+	// "The internet" is a network namespace of the test's own behind a veth
+	// on the host: traffic to it is forwarded and masqueraded like traffic
+	// to the outside world, and never leaves this host.
+	target, peers := outsideNet(t)
+	if _, body := get(t, open, "/dial", url.Values{"addr": {target}}); body != "connected" {
+		t.Errorf("machine with outbound cannot reach %s: %q", target, body)
+	}
+	if _, body := get(t, closed, "/dial", url.Values{"addr": {target}}); body == "connected" {
+		t.Errorf("machine with DenyOutbound reached %s", target)
+	}
+	hostSide, _, _ := net.SplitHostPort(target)
+	hostSide = strings.TrimSuffix(hostSide, ".2") + ".1"
+	if got := peers(); len(got) != 1 || got[0] != hostSide {
+		t.Errorf("outside saw connections from %v, want one from %s (masqueraded)", got, hostSide)
+	}
+	// The rules themselves.
 	ctx := context.Background()
 	for _, rule := range [][]string{
 		{"-t", "filter", "-C", drv.fw.fwdChain(), "-i", testBridge, "-s", drv.fw.deny, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"},
@@ -481,6 +511,7 @@ func treeSum(t *testing.T, dir string) string {
 }
 
 func TestWritesStayInTheirMachine(t *testing.T) {
+	need(t)
 	before := treeSum(t, rootfsDir)
 	a := start(t, func(s *runtime.Spec) {
 		s.Files = []runtime.File{{Path: "/etc/app.conf", Data: []byte("a"), Mode: 0o600}, {Path: "/tmp/deep/dir/f", Data: []byte("x")}}
@@ -739,5 +770,103 @@ func TestConcurrentStarts(t *testing.T) {
 			t.Errorf("address %s given twice", m.Addr())
 		}
 		seen[m.Addr()] = true
+	}
+}
+
+// outsideNet makes a network namespace standing in for the internet, linked
+// to the host by a veth pair on a /30 of its own, with a TCP listener in
+// it. It returns the listener's address and a function listing the source
+// addresses of the connections it accepted.
+func outsideNet(t *testing.T) (string, func() []string) {
+	t.Helper()
+	n := os.Getpid() % 250
+	hostIP, nsIP := fmt.Sprintf("100.126.%d.1", n), fmt.Sprintf("100.126.%d.2", n)
+	veth := fmt.Sprintf("pto%d", os.Getpid()%100000)
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		goruntime.LockOSThread()
+		host, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			res <- result{err: err}
+			return // the thread dies with the goroutine: it may be in no known state
+		}
+		defer host.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			res <- result{err: err}
+			return
+		}
+		l, err := func() (net.Listener, error) {
+			lo, err := netlink.LinkByName("lo")
+			if err != nil {
+				return nil, err
+			}
+			if err := netlink.LinkSetUp(lo); err != nil {
+				return nil, err
+			}
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: veth, PeerNamespace: netlink.NsFd(int(host.Fd()))}); err != nil {
+				return nil, err
+			}
+			eth, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return nil, err
+			}
+			a, _ := netlink.ParseAddr(nsIP + "/30")
+			if err := netlink.AddrAdd(eth, a); err != nil {
+				return nil, err
+			}
+			if err := netlink.LinkSetUp(eth); err != nil {
+				return nil, err
+			}
+			return net.Listen("tcp", nsIP+":9")
+		}()
+		if err := unix.Setns(int(host.Fd()), unix.CLONE_NEWNET); err == nil {
+			goruntime.UnlockOSThread()
+		}
+		res <- result{l, err}
+	}()
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("outside netns: %v", r.err)
+	}
+	t.Cleanup(func() {
+		r.l.Close()
+		if l, err := netlink.LinkByName(veth); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	link, err := netlink.LinkByName(veth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := netlink.ParseAddr(hostIP + "/30")
+	if err := netlink.AddrAdd(link, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var peers []string
+	go func() {
+		for {
+			c, err := r.l.Accept()
+			if err != nil {
+				return
+			}
+			h, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			mu.Lock()
+			peers = append(peers, h)
+			mu.Unlock()
+			c.Close()
+		}
+	}()
+	return nsIP + ":9", func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), peers...)
 	}
 }

@@ -60,6 +60,17 @@ type machine struct {
 	cgroup   string
 	port     int
 	uid, gid uint32
+	// swapLimit: the host accounts swap per cgroup, so memory+swap can be
+	// limited (cgroup v1 only does with swapaccount=1).
+	swapLimit bool
+}
+
+func memory(limit int64, swap bool) *specs.LinuxMemory {
+	m := &specs.LinuxMemory{Limit: &limit}
+	if swap {
+		m.Swap = &limit
+	}
+	return m
 }
 
 func ociSpec(m machine) (*specs.Spec, error) {
@@ -160,7 +171,7 @@ func ociSpec(m machine) (*specs.Spec, error) {
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 				// Swap equal to memory: the limit covers memory plus swap,
 				// so a machine cannot spill past it into swap.
-				Memory: &specs.LinuxMemory{Limit: &mem, Swap: &mem},
+				Memory: memory(mem, m.swapLimit),
 				CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
 				Pids:   &specs.LinuxPids{Limit: &pidsLimit},
 			},
