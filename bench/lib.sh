@@ -135,6 +135,14 @@ busy_ticks() {
 	echo $((u + n + s + steal))
 }
 
+# tcp_connects: TCP connections this network namespace has opened (Tcp
+# ActiveOpens in /proc/net/snmp). Its growth during a benchmark run, less the
+# connections wrk itself opens, tells whether a proxy keeps reusing its
+# upstream connections or keeps dialing new ones.
+tcp_connects() {
+	awk '$1 == "Tcp:" { if (!k) { for (i = 2; i <= NF; i++) if ($i == "ActiveOpens") k = i } else { print $k; exit } }' /proc/net/snmp
+}
+
 # wait_quiet: the machine is shared (2 cores; other sessions may be
 # compiling or testing). Before a measurement wait, up to QUIET_WAIT seconds
 # (default 120), until less than QUIET_PCT percent (default 10) of the

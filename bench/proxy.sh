@@ -109,7 +109,7 @@ http {
     keepalive_requests 1000000;
     upstream app {
         server $UPSTREAM;
-        keepalive 64;                 # idle upstream connections kept per worker
+        keepalive 256;                # idle upstream connections kept per worker, as pier's MaxIdleConnsPerHost
         keepalive_requests 1000000;
     }
     server {
@@ -212,7 +212,7 @@ done = function(summary, latency, requests)
 end
 EOF
 
-# results.tsv: case round rps p50_us p99_us proxy_us/req app_us/req errors other%
+# results.tsv: case round rps p50_us p99_us proxy_us/req app_us/req errors other% dials
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 
@@ -221,7 +221,7 @@ secs() { awk -v t="$1" 'BEGIN { split(t, a, "m"); sub("s", "", a[2]); print a[1]
 
 # run_case CASE ROUND: warm up, then one measured wrk run.
 run_case() {
-	local c=$1 r=$2 pids=${PROXY_PIDS[$1]} p0=0 p1=0 a0 a1 b0 b1 out wrk_cpu
+	local c=$1 r=$2 pids=${PROXY_PIDS[$1]} p0=0 p1=0 a0 a1 b0 b1 k0 k1 out wrk_cpu
 	# Same request everywhere, Host header included, so request sizes match.
 	local wrk_args=(-t"$THREADS" -c"$CONNS" -H "Host: $HOSTHDR" "${URL[$c]}")
 	wait_quiet
@@ -232,6 +232,7 @@ run_case() {
 	[[ -z $pids ]] || p0=$(cpu_ticks $pids)
 	a0=$(cpu_ticks "$APP_PID")
 	b0=$(busy_ticks)
+	k0=$(tcp_connects)
 	out="$WORK/wrk-$c-round$r.txt"
 	# In a subshell so that `times` reports wrk's CPU alone (its children's).
 	(
@@ -239,6 +240,7 @@ run_case() {
 		times >"$out.times" # not in a pipe: that would be another subshell
 	)
 	b1=$(busy_ticks)
+	k1=$(tcp_connects)
 	# shellcheck disable=SC2086
 	[[ -z $pids ]] || p1=$(cpu_ticks $pids)
 	a1=$(cpu_ticks "$APP_PID")
@@ -246,16 +248,20 @@ run_case() {
 	wrk_cpu=$(awk -v u="$(secs "$wu")" -v s="$(secs "$ws")" 'BEGIN { print u + s }')
 	read -r _ n dur p50 p99 errs non2xx < <(grep '^RESULT' "$out")
 	((n > 0)) || die "$c: no requests answered"
+	# dials = TCP connections opened during the run beyond wrk's own $CONNS:
+	# new proxy→app connections (0 when a proxy reuses its pool; the count
+	# is machine-wide, so other programs' connections would show up too).
 	# other% = CPU the machine spent on anything but wrk, the proxy and the
 	# app during the run, as a share of all cores: should be near 0.
 	awk -v c="$c" -v r="$r" -v n="$n" -v dur="$dur" -v p50="$p50" -v p99="$p99" \
 		-v pt=$((p1 - p0)) -v at=$((a1 - a0)) -v bt=$((b1 - b0)) -v wc="$wrk_cpu" -v hz="$CLK_TCK" \
-		-v cores="$(nproc)" -v e=$((errs + non2xx)) -v proxy="$pids" 'BEGIN {
+		-v cores="$(nproc)" -v e=$((errs + non2xx)) -v proxy="$pids" -v dials=$((k1 - k0 - CONNS)) 'BEGIN {
 		other = (bt / hz - pt / hz - at / hz - wc) / (cores * dur / 1e6) * 100
-		printf "%s\t%d\t%.0f\t%d\t%d\t%s\t%.2f\t%d\t%.1f\n", c, r, n / (dur / 1e6), p50, p99,
-			(proxy == "" ? "-" : sprintf("%.2f", pt / hz * 1e6 / n)), at / hz * 1e6 / n, e, (other < 0 ? 0 : other) }' >>"$RESULTS"
-	tail -1 "$RESULTS" | awk -F'\t' '{ printf "    %-8s round %d: %7d req/s  p50 %6.2f ms  p99 %6.2f ms  proxy CPU %s µs/req  app CPU %s µs/req  errors %d  other load %s%%\n",
-		$1, $2, $3, $4 / 1000, $5 / 1000, $6, $7, $8, $9 }' >&2
+		printf "%s\t%d\t%.0f\t%d\t%d\t%s\t%.2f\t%d\t%.1f\t%d\n", c, r, n / (dur / 1e6), p50, p99,
+			(proxy == "" ? "-" : sprintf("%.2f", pt / hz * 1e6 / n)), at / hz * 1e6 / n, e, (other < 0 ? 0 : other),
+			(dials < 0 ? 0 : dials) }' >>"$RESULTS"
+	tail -1 "$RESULTS" | awk -F'\t' '{ printf "    %-8s round %d: %7d req/s  p50 %6.2f ms  p99 %6.2f ms  proxy CPU %s µs/req  app CPU %s µs/req  errors %d  other load %s%%  new upstream conns %d\n",
+		$1, $2, $3, $4 / 1000, $5 / 1000, $6, $7, $8, $9, $10 }' >&2
 }
 
 log "Benchmark: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after ${WARMUP}s warm-up), $ROUNDS rounds"
@@ -271,11 +277,12 @@ median() {
 	awk -F'\t' -v c="$1" -v k="$2" '$1 == c { print $k }' "$RESULTS" | sort -g |
 		awk '{ a[NR] = $1 } END { if (a[1] == "-") print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
-declare -A RPS P50 P99 PCPU ACPU ERR OTHER
+declare -A RPS P50 P99 PCPU ACPU ERR OTHER DIALS
 for c in "${CASES[@]}"; do
 	RPS[$c]=$(median "$c" 3) P50[$c]=$(median "$c" 4) P99[$c]=$(median "$c" 5)
 	PCPU[$c]=$(median "$c" 6) ACPU[$c]=$(median "$c" 7)
 	ERR[$c]=$(awk -F'\t' -v c="$c" '$1 == c { s += $8 } END { print s + 0 }' "$RESULTS")
+	DIALS[$c]=$(median "$c" 10)
 	OTHER[$c]=$(awk -F'\t' -v c="$c" '$1 == c && $9 > m { m = $9 } END { print m + 0 }' "$RESULTS")
 done
 
@@ -283,16 +290,17 @@ done
 	echo
 	echo "Median of $ROUNDS rounds; wrk -t$THREADS -c$CONNS -d${DURATION}s, GET / through each; proxies: nginx worker_processes $WORKERS, haproxy nbthread $WORKERS, pier GOMAXPROCS default ($(nproc))."
 	echo "CPU/req = (utime+stime after - before) / requests; 'app' is the upstream's own CPU/req; 'max other load' is the largest share"
-	echo "of the machine's CPU used by anything but wrk, the proxy and the app during a measured run (other sessions, kernel threads)."
+	echo "of the machine's CPU used by anything but wrk, the proxy and the app during a measured run (other sessions, kernel threads);"
+	echo "'new upstream conns' counts TCP connections opened during a run beyond wrk's own (0 = the proxy reused its upstream connections)."
 	echo
-	echo "| case | req/s | p50 | p99 | proxy CPU/req | app CPU/req | req/s vs nginx | CPU/req vs nginx | errors | max other load |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| case | req/s | p50 | p99 | proxy CPU/req | app CPU/req | req/s vs nginx | CPU/req vs nginx | new upstream conns | errors | max other load |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for c in "${CASES[@]}"; do
 		awk -v c="$c" -v rps="${RPS[$c]}" -v p50="${P50[$c]}" -v p99="${P99[$c]}" -v pc="${PCPU[$c]}" \
-			-v ac="${ACPU[$c]}" -v nrps="${RPS[nginx]}" -v npc="${PCPU[nginx]}" -v e="${ERR[$c]}" -v o="${OTHER[$c]}" 'BEGIN {
-			printf "| %s | %d | %.2f ms | %.2f ms | %s | %.1f µs | %.2fx | %s | %d | %.0f%% |\n", c, rps, p50 / 1000, p99 / 1000,
+			-v ac="${ACPU[$c]}" -v nrps="${RPS[nginx]}" -v npc="${PCPU[nginx]}" -v e="${ERR[$c]}" -v o="${OTHER[$c]}" -v d="${DIALS[$c]}" 'BEGIN {
+			printf "| %s | %d | %.2f ms | %.2f ms | %s | %.1f µs | %.2fx | %s | %d | %d | %.0f%% |\n", c, rps, p50 / 1000, p99 / 1000,
 				(pc == "-" ? "-" : sprintf("%.1f µs", pc)), ac, rps / nrps,
-				(pc == "-" ? "-" : sprintf("%.2fx", pc / npc)), e, o }'
+				(pc == "-" ? "-" : sprintf("%.2fx", pc / npc)), d, e, o }'
 	done
 	echo
 	awk -v r="${RPS[pier]}" -v n="${RPS[nginx]}" -v p="${P99[pier]}" -v q="${P99[nginx]}" -v pc="${PCPU[pier]}" -v nc="${PCPU[nginx]}" 'BEGIN {
@@ -310,5 +318,5 @@ done
 } | tee "$WORK/table.md"
 
 echo
-echo "raw rounds (case round rps p50_us p99_us proxy_us/req app_us/req errors other%):"
+echo "raw rounds (case round rps p50_us p99_us proxy_us/req app_us/req errors other% new_upstream_conns):"
 cat "$RESULTS"

@@ -56,6 +56,10 @@ type ctxKey struct{}
 // New returns a proxy serving apps at <app>.<domain>.
 func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	// The default caps idle connections at 100 across all machines, which
+	// makes a busy proxy reconnect to apps all the time; the per-machine
+	// cap and the idle timeout are bound enough.
+	t.MaxIdleConns = 0
 	t.MaxIdleConnsPerHost = 256
 	t.ResponseHeaderTimeout = 0 // apps may take their time; clients decide when to give up
 	p := &Proxy{
@@ -74,7 +78,8 @@ func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Request-Id", pr.In.Header.Get("X-Request-Id"))
 		},
-		Transport: t,
+		Transport:  t,
+		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				w.WriteHeader(499) // client went away; nothing to send
@@ -188,8 +193,7 @@ func (p *Proxy) Backends(app string) []string {
 // among equals, and counts the request against it before unlocking, so a
 // concurrent Drain sees it.
 func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
-	deadline := time.NewTimer(p.WaitForBackend)
-	defer deadline.Stop()
+	var deadline <-chan time.Time // made only when a request has to wait
 	for {
 		p.mu.Lock()
 		pl := p.apps[app]
@@ -212,9 +216,14 @@ func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
 		}
 		changed := pl.changed
 		p.mu.Unlock()
+		if deadline == nil {
+			t := time.NewTimer(p.WaitForBackend)
+			defer t.Stop()
+			deadline = t.C
+		}
 		select {
 		case <-changed:
-		case <-deadline.C:
+		case <-deadline:
 			return nil, true, errNoMachine
 		case <-ctx.Done():
 			return nil, true, ctx.Err()
@@ -223,6 +232,15 @@ func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
 }
 
 var errNoMachine = errors.New("no healthy machine")
+
+// bufferPool recycles the 32 KiB copy buffers of proxied bodies; without it
+// each response allocates one, and garbage collection dominates the CPU.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }
 
 func (p *Proxy) release(b *backend) {
 	p.mu.Lock()
