@@ -261,19 +261,27 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if addr, err = d.ipam.alloc(spec.DenyOutbound); err != nil {
 		return nil, err
 	}
+	// The network and the root filesystem are independent: set them up
+	// side by side (a few ms each). Every path out of here waits for
+	// both, so the teardown never races a half-made namespace.
+	nsPath := filepath.Join(b, "netns")
+	netErr := make(chan error, 1)
+	go func() {
+		netErr <- setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge)
+	}()
 	base := []runtime.File{
 		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id)},
 		{Path: "/etc/hostname", Data: []byte(id + "\n")},
 		{Path: "/etc/resolv.conf", Data: d.resolv},
 	}
-	if err := writeFiles(upper, spec.Rootfs, append(base, spec.Files...)); err != nil {
-		return nil, err
+	err = writeFiles(upper, spec.Rootfs, append(base, spec.Files...))
+	if err == nil {
+		err = mountRootfs(spec.Rootfs, upper, work, rootfs)
 	}
-	if err := mountRootfs(spec.Rootfs, upper, work, rootfs); err != nil {
-		return nil, err
+	if nerr := <-netErr; err == nil {
+		err = nerr
 	}
-	nsPath := filepath.Join(b, "netns")
-	if err := setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	port := spec.Port
@@ -379,7 +387,7 @@ func waitPidFile(ctx context.Context, path string, exited <-chan struct{}) (int,
 			return 0, fmt.Errorf("waiting for runc: %w", ctx.Err())
 		case <-time.After(delay):
 		}
-		delay = min(2*delay, 10*time.Millisecond)
+		delay = min(2*delay, 2*time.Millisecond)
 	}
 }
 
