@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // ent is one entry of a test layer.
@@ -113,6 +114,25 @@ func zstdLayerOf(t testing.TB, entries ...ent) v1.Layer {
 func imageOf(t testing.TB, cfg v1.Config, layers ...v1.Layer) v1.Image {
 	t.Helper()
 	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.Config(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// ociImageOf is imageOf with OCI media types throughout, as skopeo wants
+// in an OCI layout.
+func ociImageOf(t testing.TB, cfg v1.Config, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	var adds []mutate.Addendum
+	for _, l := range layers {
+		adds = append(adds, mutate.Addendum{Layer: l, MediaType: types.OCILayer})
+	}
+	img, err := mutate.Append(base, adds...)
 	if err != nil {
 		t.Fatal(err)
 	}

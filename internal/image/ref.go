@@ -78,7 +78,7 @@ func parseLocalRef(ref, transport, rest string) (string, string, string, error) 
 				return "", "", "", fmt.Errorf("image reference %q: %q is not an image index: write @0, @1, ...: %w", ref, tag, ErrBadRef)
 			}
 		} else if _, err := name.NewTag(tag); err != nil {
-			return "", "", "", fmt.Errorf("image reference %q: %q is not a valid repository:tag (%v): %w", ref, tag, err, ErrBadRef)
+			return "", "", "", fmt.Errorf("image reference %q: %q is not a valid repository:tag (%v): write one of the tarball's RepoTags, such as alpine:3.20, or @N for its Nth image: %w", ref, tag, err, ErrBadRef)
 		}
 	}
 	return transport, p, tag, nil

@@ -40,6 +40,10 @@ var dirTime = time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
 // after the layer's own entries), links of both kinds, writes through a
 // symlinked directory, special modes, devices, ownership and times.
 func richImage(t testing.TB) v1.Image {
+	return imageOf(t, richConfig, richLayers(t)...)
+}
+
+func richLayers(t testing.TB) []v1.Layer {
 	l1 := layerOf(t,
 		dir("etc"),
 		file("etc/passwd", "root:x:0:0\n"),
@@ -76,7 +80,7 @@ func richImage(t testing.TB) v1.Image {
 		dir("opq2"), file("opq2/new2", "new2"), whiteout("opq2/.wh..wh..opq"),
 		whiteout("opq/.wh.nothing-here"),
 	)
-	return imageOf(t, richConfig, l1, l2, l3)
+	return []v1.Layer{l1, l2, l3}
 }
 
 func richTree() map[string]string {
