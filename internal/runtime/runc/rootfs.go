@@ -119,8 +119,26 @@ func mkdirLike(upper string, lowers []string, dir string) error {
 		return nil
 	}
 	cur := ""
+	// merging are the layers whose directory at cur shows in the merged
+	// view: as overlayfs does, a directory merges with the same directory
+	// below it until a layer has a non-directory there. Only they are
+	// looked into one level deeper, so a symlink in the image is never
+	// followed (it could point anywhere on the host).
+	merging := lowers
 	for _, part := range strings.Split(dir, "/") {
 		cur = path.Join(cur, part)
+		var next []string
+		for _, l := range merging {
+			fi, err := os.Lstat(filepath.Join(l, cur))
+			if err != nil {
+				continue
+			}
+			if !fi.IsDir() {
+				break
+			}
+			next = append(next, l)
+		}
+		merging = next
 		p := filepath.Join(upper, cur)
 		if fi, err := os.Lstat(p); err == nil {
 			if !fi.IsDir() {
@@ -128,27 +146,32 @@ func mkdirLike(upper string, lowers []string, dir string) error {
 			}
 			continue
 		}
-		mode, uid, gid := fs.FileMode(0o755), 0, 0
-		for _, l := range lowers {
-			if fi, err := os.Lstat(filepath.Join(l, cur)); err == nil {
-				if fi.IsDir() {
-					st := fi.Sys().(*syscall.Stat_t)
-					mode, uid, gid = fi.Mode()&(fs.ModePerm|fs.ModeSticky|fs.ModeSetgid), int(st.Uid), int(st.Gid)
-				}
-				break // the topmost layer that has the name decides
-			}
+		like := "" // the topmost layer that has the directory decides
+		if len(merging) > 0 {
+			like = filepath.Join(merging[0], cur)
 		}
 		if err := os.Mkdir(p, 0o700); err != nil {
 			return err
 		}
-		if err := os.Chown(p, uid, gid); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, mode); err != nil {
+		if err := copyDirAttrs(p, like); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// copyDirAttrs gives dir the mode and owner of like (0755 root when like
+// is "" or cannot be read; mountRootfs reports a missing layer).
+func copyDirAttrs(dir, like string) error {
+	mode, uid, gid := fs.FileMode(0o755), 0, 0
+	if fi, err := os.Stat(like); like != "" && err == nil {
+		st := fi.Sys().(*syscall.Stat_t)
+		mode, uid, gid = fi.Mode()&(fs.ModePerm|fs.ModeSticky|fs.ModeSetgid), int(st.Uid), int(st.Gid)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return err
+	}
+	return os.Chmod(dir, mode)
 }
 
 // identity resolves spec.User ("uid[:gid]", or names looked up in the
@@ -180,12 +203,11 @@ func lookupID(name, file string, lowers []string) (id, gid uint32, err error) {
 	}
 	numeric := strconv.FormatUint(uint64(id), 10) == name
 	for _, l := range lowers {
-		f, err := os.Open(filepath.Join(l, file))
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
+		// In the layer's root: a symlink in the image must not lead to the
+		// host's passwd (one that would leave the layer reads as missing).
+		f, err := os.OpenInRoot(l, file)
 		if err != nil {
-			return 0, 0, err
+			continue
 		}
 		defer f.Close()
 		sc := bufio.NewScanner(f)

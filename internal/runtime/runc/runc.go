@@ -250,8 +250,9 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 			return nil, err
 		}
 	}
-	// The upper layer's root becomes the machine's "/": as the image has it.
-	if err := os.Chmod(upper, 0o755); err != nil {
+	// The upper layer's root is the merged "/", and an upper directory's
+	// mode and owner win: give it the image's.
+	if err := copyDirAttrs(upper, spec.Rootfs[0]); err != nil {
 		return nil, err
 	}
 	uid, gid, err := identity(spec.User, spec.Rootfs)

@@ -152,6 +152,16 @@ func TestWriteFiles(t *testing.T) {
 			t.Errorf("path %q accepted", bad)
 		}
 	}
+	// A symlinked directory in the image is not followed for attributes.
+	os.Mkdir(filepath.Join(lower, "secret"), 0o700)
+	os.Mkdir(filepath.Join(lower, "secret", "sub"), 0o700)
+	os.Symlink(filepath.Join(lower, "secret"), filepath.Join(lower, "link"))
+	if err := writeFiles(upper, []string{lower}, []runtime.File{{Path: "/link/sub/f", Data: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(upper, "link", "sub")); fi.Mode().Perm() != 0o755 {
+		t.Errorf("/link/sub took the attributes of the symlink's target: %v", fi.Mode())
+	}
 	// ".." cannot climb out of the upper layer.
 	if err := writeFiles(upper, nil, []runtime.File{{Path: "/../../escape", Data: []byte("x")}}); err != nil {
 		t.Fatal(err)
