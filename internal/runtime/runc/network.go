@@ -141,6 +141,43 @@ func setupBridge(name string, gw netip.Addr, bits int) (netlink.Link, error) {
 	return link, nil
 }
 
+// subnetInUse returns a route of the host that overlaps p and does not go
+// through the bridge: taking such a subnet would cut the host off from a
+// network it already uses (or two pier drivers would fight over one).
+func subnetInUse(p netip.Prefix, bridge string) (string, error) {
+	brIndex := -1
+	if br, err := netlink.LinkByName(bridge); err == nil {
+		brIndex = br.Attrs().Index
+	}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return "", fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.LinkIndex == brIndex {
+			continue
+		}
+		dst, ok := netipPrefix(r.Dst)
+		if ok && dst.Bits() > 0 && dst.Overlaps(p) {
+			name := fmt.Sprint(r.LinkIndex)
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				name = l.Attrs().Name
+			}
+			return fmt.Sprintf("%s dev %s", dst, name), nil
+		}
+	}
+	return "", nil
+}
+
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), bits), true
+}
+
 func writeSysctl(key, value string) error {
 	return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
 }

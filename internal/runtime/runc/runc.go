@@ -130,6 +130,11 @@ func New(c Config) (*Driver, error) {
 		return nil, err
 	}
 	d.fw = firewall{bridge: c.Bridge, subnet: d.ipam.prefix.String(), allow: d.ipam.halves[0].String(), deny: d.ipam.halves[1].String()}
+	if route, err := subnetInUse(d.ipam.prefix, c.Bridge); err != nil {
+		return nil, err
+	} else if route != "" {
+		return nil, fmt.Errorf("runc runtime: subnet %s overlaps the host's route %s: choose another subnet", d.ipam.prefix, route)
+	}
 	if d.bridge, err = setupBridge(c.Bridge, d.ipam.gateway, d.ipam.prefix.Bits()); err != nil {
 		return nil, err
 	}

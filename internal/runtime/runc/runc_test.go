@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -75,7 +76,20 @@ func testMain(m *testing.M) int {
 	// A bridge and subnet of the tests' own, so a pier server on this host
 	// (pier0, 100.96.0.0/16) is never touched.
 	testBridge = fmt.Sprintf("pt%d", os.Getpid()%100000)
-	subnet := fmt.Sprintf("100.127.%d.0/24", os.Getpid()%250)
+	// Other test runs (the e2e tests start pier servers with subnets of
+	// their own) may hold a /24 already: take the first free one.
+	var subnet string
+	for i := range 250 {
+		cand := fmt.Sprintf("100.127.%d.0/24", (os.Getpid()+i)%250)
+		if used, err := subnetInUse(netip.MustParsePrefix(cand), testBridge); err == nil && used == "" {
+			subnet = cand
+			break
+		}
+	}
+	if subnet == "" {
+		fmt.Fprintln(os.Stderr, "no free /24 in 100.127.0.0/16 for the tests")
+		return 1
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	drv, err = New(Config{StateDir: stateDir, Subnet: subnet, Bridge: testBridge, Log: log})
 	if err != nil {
@@ -803,6 +817,12 @@ func TestConcurrentStarts(t *testing.T) {
 func outsideNet(t *testing.T) (string, func() []string) {
 	t.Helper()
 	n := os.Getpid() % 250
+	for i := range 250 {
+		if used, err := subnetInUse(netip.MustParsePrefix(fmt.Sprintf("100.126.%d.0/30", (n+i)%250)), testBridge); err == nil && used == "" {
+			n = (n + i) % 250
+			break
+		}
+	}
 	hostIP, nsIP := fmt.Sprintf("100.126.%d.1", n), fmt.Sprintf("100.126.%d.2", n)
 	veth := fmt.Sprintf("pto%d", os.Getpid()%100000)
 	type result struct {
@@ -891,5 +911,18 @@ func outsideNet(t *testing.T) (string, func() []string) {
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]string(nil), peers...)
+	}
+}
+
+func TestSubnetInUse(t *testing.T) {
+	need(t)
+	// The tests' subnet is routed through their bridge: a second driver
+	// on another bridge must not take it.
+	_, err := New(Config{StateDir: t.TempDir(), Subnet: drv.fw.subnet, Bridge: "ptclash"})
+	if err == nil || !strings.Contains(err.Error(), "overlaps") {
+		t.Errorf("New on a subnet in use: %v", err)
+	}
+	if _, err := net.InterfaceByName("ptclash"); err == nil {
+		t.Error("bridge created anyway")
 	}
 }
