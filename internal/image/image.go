@@ -51,6 +51,9 @@ var (
 
 // Store unpacks images into root filesystems kept under Dir. The zero value
 // with Dir set is ready to use; a Store must not be copied after first use.
+// Use one Store per Dir in a process: Gets of one image through one Store
+// unpack it once, while separate Stores (or processes) sharing a Dir may
+// each unpack it, harmlessly, the first rename into place winning.
 type Store struct {
 	// Dir holds blobs/, rootfs/<hex>/ and tmp/; it is created when missing.
 	Dir string
@@ -74,8 +77,9 @@ type Image struct {
 	// Ref is the reference as given to Get.
 	Ref string
 	// Digest is the manifest digest, "sha256:<hex>", and the cache key. For
-	// docker-archive tarballs, which carry no manifest, it is the config
-	// digest (Docker's image ID).
+	// docker-archive tarballs that carry no manifest (those of Docker before
+	// version 25, of skopeo and of go-containerregistry) it is the config
+	// digest, Docker's image ID.
 	Digest string
 	// Rootfs is the absolute path of the unpacked root filesystem. It is
 	// shared by every machine of the image: never write to it (mount it

@@ -359,7 +359,7 @@ func chooseTag(idx *v1.IndexManifest, where, tag string) (v1.Descriptor, error) 
 
 // resolveDockerArchive finds the image sel names ("" for the only one,
 // "@N" for the Nth, or a repository:tag) in the `docker save` tarball t.
-func resolveDockerArchive(_ context.Context, t *tarFS, p, sel string) (*resolved, error) {
+func resolveDockerArchive(ctx context.Context, t *tarFS, p, sel string) (*resolved, error) {
 	where := "docker-archive:" + p
 	raw, err := readLimited(t, "manifest.json", maxManifestSize)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -395,6 +395,9 @@ func resolveDockerArchive(_ context.Context, t *tarFS, p, sel string) (*resolved
 	if err != nil {
 		return nil, err
 	}
+	if r := layoutManifestFor(ctx, t, d); r != nil {
+		return r, nil
+	}
 	r := &resolved{digest: d, config: cfg, blobs: map[v1.Hash][]byte{d: cfgRaw}}
 	for i, name := range e.Layers {
 		size := int64(-1)
@@ -408,6 +411,31 @@ func resolveDockerArchive(_ context.Context, t *tarFS, p, sel string) (*resolved
 		}})
 	}
 	return r, nil
+}
+
+// layoutManifestFor finds, in a `docker save` tarball that is also an OCI
+// image layout (Docker writes both since version 25), the manifest of the
+// image whose config is cfg, so that the image is known by its manifest
+// digest as it is elsewhere. It returns nil when there is none.
+func layoutManifestFor(ctx context.Context, t *tarFS, cfg v1.Hash) *resolved {
+	raw, err := readLimited(t, "index.json", maxManifestSize)
+	if err != nil {
+		return nil
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil
+	}
+	for _, m := range idx.Manifests {
+		r, err := resolve(ctx, layoutFetcher{fsys: t}, m.Digest, nil)
+		if err != nil {
+			continue
+		}
+		if _, ok := r.blobs[cfg]; ok {
+			return r
+		}
+	}
+	return nil
 }
 
 // dockerArchiveEntry is one image of a `docker save` manifest.json.

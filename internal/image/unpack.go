@@ -365,6 +365,9 @@ func (u *unpacker) abs(rel string) string {
 
 // clear removes what is at rel, unless it is a directory and keepDir.
 func (u *unpacker) clear(rel string, keepDir bool) error {
+	if rel == "" {
+		return fmt.Errorf("an entry would replace the root directory: %w", ErrUnsafeLayer)
+	}
 	fi, err := os.Lstat(u.abs(rel))
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil
