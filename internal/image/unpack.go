@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
@@ -81,6 +81,7 @@ func (u *unpacker) applyLayer(ctx context.Context, l layerSource) error {
 	magic, _ := br.Peek(4)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		// klauspost's gzip: the standard library's API, twice as fast.
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			return fmt.Errorf("layer is not valid gzip: %v: %w", err, ErrInvalid)
@@ -252,12 +253,13 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header, ls *layerState) error 
 			return err
 		}
 	case tar.TypeChar, tar.TypeBlock:
+		// Skipped or not, the device hides what lower layers had there.
+		if err := u.clear(rel, false); err != nil {
+			return err
+		}
 		if !u.asRoot {
 			u.note("device nodes skipped: not running as root")
 			return nil
-		}
-		if err := u.clear(rel, false); err != nil {
-			return err
 		}
 		mode := uint32(unix.S_IFCHR)
 		if hdr.Typeflag == tar.TypeBlock {
