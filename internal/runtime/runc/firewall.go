@@ -58,7 +58,8 @@ func (f firewall) jumps() [][]string {
 		{"-t", "filter", "INPUT", "-i", f.bridge, "-j", f.inChain()},
 		{"-t", "filter", "FORWARD", "-i", f.bridge, "-j", f.fwdChain()},
 		{"-t", "filter", "FORWARD", "-o", f.bridge, "-j", f.fwdChain()},
-		{"-t", "nat", "POSTROUTING", "-s", f.subnet, "-j", f.natChain()},
+		// Without -s: remove() then needs nothing but the bridge name.
+		{"-t", "nat", "POSTROUTING", "-j", f.natChain()},
 	}
 }
 
@@ -83,12 +84,21 @@ func (f firewall) install(ctx context.Context) error {
 }
 
 func (f firewall) remove(ctx context.Context) error {
-	for _, j := range f.jumps() {
-		table, chain, rule := j[1], j[2], j[3:]
-		for range 16 { // duplicates from older runs: bounded
-			if iptables(ctx, append([]string{"-t", table, "-D", chain}, rule...)...) != nil {
-				break
+	// Every rule of a base chain that jumps into ours, whatever its
+	// matches (an older version may have written them differently).
+	ours := map[string]bool{f.inChain(): true, f.fwdChain(): true, f.natChain(): true}
+	for _, tc := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"nat", "POSTROUTING"}} {
+		out, err := exec.CommandContext(ctx, "iptables", "--wait", "-t", tc[0], "-S", tc[1]).Output()
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			args := strings.Fields(line)
+			if len(args) < 3 || args[0] != "-A" || args[len(args)-2] != "-j" || !ours[args[len(args)-1]] {
+				continue
 			}
+			args[0] = "-D"
+			iptables(ctx, append([]string{"-t", tc[0]}, args...)...)
 		}
 	}
 	var firstErr error

@@ -61,7 +61,8 @@ func testMain(m *testing.M) int {
 	if skipReason != "" {
 		return m.Run()
 	}
-	tmp, err := os.MkdirTemp("", "pier-runc-test-")
+	sweepStale()
+	tmp, err := os.MkdirTemp("", fmt.Sprintf("pier-runc-test-%d-", os.Getpid()))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -116,6 +117,34 @@ func testMain(m *testing.M) int {
 		code = 1
 	}
 	return code
+}
+
+// sweepStale removes what earlier test runs that were killed (a timeout, a
+// crash) left: their machines, bridge and firewall chains.
+func sweepStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pier-runc-test-*-*"))
+	for _, dir := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(dir), "pier-runc-test-%d-", &pid); err != nil || pid <= 0 {
+			continue
+		}
+		if syscall.Kill(pid, 0) == nil {
+			continue // still running
+		}
+		bridge := fmt.Sprintf("pt%d", pid%100000)
+		state := filepath.Join(dir, "state")
+		d := &Driver{cfg: Config{StateDir: state, Bridge: bridge, Runc: "runc"}, log: slog.New(slog.DiscardHandler),
+			root: filepath.Join(state, runcRoot), live: map[string]bool{}, fw: firewall{bridge: bridge}}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err1 := d.Cleanup(ctx, nil)
+		err2 := d.Uninstall(ctx)
+		cancel()
+		if err1 == nil && err2 == nil {
+			os.RemoveAll(dir)
+		} else {
+			fmt.Fprintln(os.Stderr, "sweep", dir, err1, err2)
+		}
+	}
 }
 
 // leaks lists what the tests' machines left on the host.
@@ -495,6 +524,7 @@ func TestOutboundPolicy(t *testing.T) {
 		{"-t", "nat", "-C", drv.fw.natChain(), "-s", drv.fw.subnet, "!", "-o", testBridge, "-j", "MASQUERADE"},
 		{"-t", "filter", "-C", "FORWARD", "-i", testBridge, "-j", drv.fw.fwdChain()},
 		{"-t", "filter", "-C", "INPUT", "-i", testBridge, "-j", drv.fw.inChain()},
+		{"-t", "nat", "-C", "POSTROUTING", "-j", drv.fw.natChain()},
 	} {
 		if err := iptables(ctx, rule...); err != nil {
 			t.Error(err)
