@@ -77,13 +77,20 @@ type server struct {
 	cmd      *exec.Cmd
 	log      *bytes.Buffer
 	exited   chan struct{}
+	flags    []string // extra `pier server` flags
 }
 
+// startServer starts a server without isolated machines (most tests need
+// none, and the runc runtime touches host networking).
 func startServer(t *testing.T) *server {
+	return startServerWith(t, "--runtime", "process")
+}
+
+func startServerWith(t *testing.T, flags ...string) *server {
 	t.Helper()
 	root := t.TempDir()
 	s := &server{t: t, root: root, dataDir: filepath.Join(root, "data"), home: filepath.Join(root, "home"),
-		apiPort: freePort(t), httpPort: freePort(t)}
+		apiPort: freePort(t), httpPort: freePort(t), flags: flags}
 	s.start()
 	t.Cleanup(func() {
 		s.stop(syscall.SIGTERM)
@@ -114,8 +121,9 @@ func (s *server) env() []string {
 
 func (s *server) start() {
 	s.t.Helper()
-	s.cmd = exec.Command(pierBin, "server", "--data-dir", s.dataDir,
-		"--api-addr", fmt.Sprintf("127.0.0.1:%d", s.apiPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", s.httpPort))
+	args := append([]string{"server", "--data-dir", s.dataDir,
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", s.apiPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", s.httpPort)}, s.flags...)
+	s.cmd = exec.Command(pierBin, args...)
 	s.cmd.Env = s.env()
 	if s.log == nil {
 		s.log = &bytes.Buffer{}

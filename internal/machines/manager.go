@@ -326,7 +326,9 @@ func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
 		stopping := e.stopReq
 		e.setState(StateStarted)
 		e.mu.Unlock()
-		if stopping { // a stop arrived while the driver was starting it
+		// A stop (or the server's shutdown) that arrived while the driver
+		// was starting it found no process to signal.
+		if stopping || mg.closing.Load() {
 			proc.Signal(syscall.SIGKILL)
 		}
 		mg.persist(context.Background(), e)
@@ -718,6 +720,9 @@ func (mg *Manager) Shutdown(grace time.Duration) {
 			select {
 			case <-running:
 			case <-time.After(grace):
+				e.mu.Lock()
+				proc = e.proc // it may have been starting when the signal went out
+				e.mu.Unlock()
 				if proc != nil {
 					proc.Signal(syscall.SIGKILL)
 				}

@@ -21,6 +21,7 @@ import (
 	"github.com/pier-dev/pier/internal/auth"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/proxy"
@@ -39,6 +40,11 @@ type Config struct {
 	APIAddr  string
 	HTTPAddr string
 	Domain   string
+	// Runtime is "auto" (runc for machines when the host can run it),
+	// "runc" (required) or "process" (no isolated machines).
+	Runtime string
+	// Subnet and Bridge are the machines' network (runc runtime).
+	Subnet, Bridge string
 	// SaveCredentials writes the CLI credentials file for the local user.
 	SaveCredentials bool
 	Log             *slog.Logger
@@ -107,11 +113,21 @@ func Run(ctx context.Context, c Config) error {
 		Driver: driver, Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
 		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
 	})
-	// Machines need an isolating runtime; until one is configured the
-	// machines API answers 503 saying so.
-	mach := machines.New(nil, nil, st, hub, log.With("component", "machines"))
-	if err := mach.Restore(ctx, nil); err != nil {
+	// Machines need an isolating runtime; without one the machines API
+	// answers 503 saying what is missing.
+	isolated, err := isolatedRuntime(c, log)
+	if err != nil {
 		return err
+	}
+	var mach *machines.Manager
+	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")}}
+	if isolated != nil {
+		mach = machines.New(isolated, imgs, st, hub, log.With("component", "machines"))
+		if err := mach.Restore(ctx, isolated); err != nil {
+			return err
+		}
+	} else {
+		mach = machines.New(nil, imgs, st, hub, log.With("component", "machines"))
 	}
 	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp")}
