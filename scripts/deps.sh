@@ -15,6 +15,7 @@ command -v npm >/dev/null || missing+=(npm)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev) # the race detector needs cgo
 command -v runc >/dev/null || missing+=(runc)
 command -v iptables-restore >/dev/null || missing+=(iptables)
+command -v skopeo >/dev/null || missing+=(skopeo)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 
 if ((${#missing[@]})); then
