@@ -33,6 +33,7 @@ type proc struct {
 	done     chan struct{} // torn down, output flushed; exit is set
 	exit     runtime.Exit
 	startErr string // runc's own error when it failed before the machine ran
+	ranPid   int    // the machine's pid as runc recorded it; set before done closes
 
 	execSeq atomic.Int64
 }
@@ -54,8 +55,12 @@ func (p *proc) wait(cmd *exec.Cmd, copies *sync.WaitGroup, addr netip.Addr) {
 	// With --keep the cgroup outlives the machine until runc delete, so the
 	// kernel's OOM-kill count is still there to read.
 	exit.OOMKilled = oomKilled(p.id)
-	if _, serr := os.Stat(filepath.Join(p.d.bundle(p.id), "pid")); serr != nil {
+	if data, serr := os.ReadFile(filepath.Join(p.d.bundle(p.id), "pid")); serr != nil {
 		p.startErr = runcError(filepath.Join(p.d.bundle(p.id), "runc.log"))
+	} else {
+		// The machine ran, perhaps so briefly that Start never saw the pid
+		// file before teardown removes it.
+		p.ranPid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -354,6 +354,12 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		if p.startErr != "" {
 			return nil, errors.New(p.startErr)
 		}
+		if p.ranPid > 0 {
+			// It started and already exited (a command like `true`): a
+			// successful start whose Wait returns at once.
+			p.pid = p.ranPid
+			return p, nil
+		}
 		return nil, err
 	}
 	p.pid = pid
