@@ -16,6 +16,7 @@ command -v gcc >/dev/null || missing+=(gcc libc6-dev) # the race detector needs 
 command -v runc >/dev/null || missing+=(runc)
 command -v iptables-restore >/dev/null || missing+=(iptables)
 command -v skopeo >/dev/null || missing+=(skopeo)
+[[ -x /usr/bin/tini-static ]] || missing+=(tini) # pid 1 of machines
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 
 if ((${#missing[@]})); then

@@ -54,6 +54,10 @@ type Config struct {
 	Runc string
 	// Log receives the driver's own messages (default: discarded).
 	Log *slog.Logger
+	// Init is a static init binary run as every machine's pid 1 (default:
+	// Debian's /usr/bin/tini-static when installed; "none" runs commands as
+	// pid 1 themselves).
+	Init string
 }
 
 // Driver starts machines under runc. It is safe for concurrent use.
@@ -80,6 +84,9 @@ var _ runtime.Execer = (*proc)(nil)
 
 const defaultPort = 8080
 
+// defaultInit is Debian's statically linked tini (package tini).
+const defaultInit = "/usr/bin/tini-static"
+
 // New checks that runc and iptables are there and sets up the bridge and the
 // host firewall; both steps are idempotent, so a restarted server adopts
 // what the previous run made.
@@ -95,6 +102,20 @@ func New(c Config) (*Driver, error) {
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	switch c.Init {
+	case "none":
+		c.Init = ""
+	case "":
+		if _, err := os.Stat(defaultInit); err == nil {
+			c.Init = defaultInit
+		} else {
+			c.Log.Warn("no init for machines: commands run as pid 1 and ignore SIGTERM unless they handle it (apt-get install tini)")
+		}
+	default:
+		if _, err := os.Stat(c.Init); err != nil {
+			return nil, fmt.Errorf("runc runtime: init %s: %w", c.Init, err)
+		}
 	}
 	if len(c.Bridge) > 15 {
 		return nil, fmt.Errorf("bridge name %q: at most 15 characters", c.Bridge)
@@ -294,7 +315,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if port == 0 {
 		port = defaultPort
 	}
-	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid, swapLimit: d.swapLimit})
+	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid, swapLimit: d.swapLimit, init: d.cfg.Init})
 	if err != nil {
 		return nil, err
 	}

@@ -353,7 +353,8 @@ func TestServesHTTP(t *testing.T) {
 		t.Errorf("hostname = %q, want %q", h, m.id)
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", m.PID()))
-	if err != nil || !strings.HasPrefix(string(cmdline), "/bin/machine") {
+	// PID is the machine's pid 1: the init, which runs the command.
+	if err != nil || !strings.HasPrefix(string(cmdline), "/.pier/init\x00-g\x00--\x00/bin/machine") {
 		t.Errorf("PID %d is not the machine's init on the host: %q %v", m.PID(), cmdline, err)
 	}
 	if out := m.stdout.String(); !strings.Contains(out, "machine starting "+m.id) || !strings.Contains(out, "to stderr") {
@@ -394,8 +395,8 @@ func TestHostIsInvisible(t *testing.T) {
 	}
 	_, procs := get(t, m, "/procs", nil)
 	ps := strings.Split(strings.TrimSpace(procs), "\n")
-	if len(ps) == 0 || !strings.HasPrefix(ps[0], "1 /bin/machine") {
-		t.Errorf("pid 1 is not the machine: %q", procs)
+	if len(ps) < 2 || !strings.HasPrefix(ps[0], "1 /.pier/init -g -- /bin/machine") || !strings.Contains(ps[1], " /bin/machine") {
+		t.Errorf("pid 1 is not the machine's init running the machine: %q", procs)
 	}
 	for _, p := range ps {
 		if !strings.Contains(p, "/bin/machine") {

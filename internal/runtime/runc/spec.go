@@ -60,6 +60,7 @@ type machine struct {
 	cgroup   string
 	port     int
 	uid, gid uint32
+	init     string // host path of a static init run as pid 1; "" for none
 	// swapLimit: the host accounts swap per cgroup, so memory+swap can be
 	// limited (cgroup v1 only does with swapaccount=1).
 	swapLimit bool
@@ -72,6 +73,9 @@ func memory(limit int64, swap bool) *specs.LinuxMemory {
 	}
 	return m
 }
+
+// initPath is where the init binary appears inside a machine.
+const initPath = "/.pier/init"
 
 func ociSpec(m machine) (*specs.Spec, error) {
 	s := m.spec
@@ -150,11 +154,20 @@ func ociSpec(m machine) (*specs.Spec, error) {
 		mounts = append(mounts, specs.Mount{Destination: path.Clean(mt.Target), Type: "bind", Source: mt.Source, Options: opts})
 	}
 
+	args := s.Command
+	if m.init != "" {
+		// As pid 1 a program ignores signals it does not handle (SIGTERM
+		// included), so stops would always end in SIGKILL; a tiny init
+		// forwards them to the command's process group and reaps zombies.
+		mounts = append(mounts, specs.Mount{Destination: initPath, Type: "bind", Source: m.init, Options: []string{"bind", "ro", "nosuid", "nodev"}})
+		args = append([]string{initPath, "-g", "--"}, s.Command...)
+	}
+
 	return &specs.Spec{
 		Version: "1.0.2", // what Debian's runc 1.1 implements
 		Process: &specs.Process{
 			User:            specs.User{UID: m.uid, GID: m.gid},
-			Args:            s.Command,
+			Args:            args,
 			Env:             env,
 			Cwd:             cwd,
 			Capabilities:    caps,
