@@ -45,6 +45,11 @@ func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.
 	if err := os.Rename(src, work); err != nil {
 		return "", fmt.Errorf("stage build: %w", err)
 	}
+	// Uploads are unpacked into a private temp dir; the release must be
+	// readable by the unprivileged user isolated machines run as.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return "", fmt.Errorf("stage build: %w", err)
+	}
 	ok := false
 	defer func() {
 		if !ok {

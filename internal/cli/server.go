@@ -43,7 +43,7 @@ with Ctrl-C or SIGTERM: traffic drains and every machine stops.`,
 	f.StringVar(&c.APIAddr, "api-addr", "127.0.0.1:4280", "address of the API")
 	f.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the edge proxy that serves apps")
 	f.StringVar(&c.Domain, "domain", "localhost", "apps are served at <app>.<domain>")
-	f.StringVar(&c.Runtime, "runtime", "auto", "isolated machines: auto (runc when root with runc installed), runc (required) or process (none)")
+	f.StringVar(&c.Runtime, "runtime", "auto", "where apps and machines run: auto (isolated under runc when root with runc installed), runc (required) or process (apps as host processes, no machines API)")
 	f.StringVar(&c.Subnet, "subnet", "100.96.0.0/16", "address range of machines (runc runtime)")
 	f.StringVar(&c.Bridge, "bridge", "pier0", "Linux bridge machines attach to (runc runtime)")
 	f.BoolVar(&debug, "debug", false, "log debug detail")

@@ -140,8 +140,8 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 		if out := s.mustPier("apps", "list"); strings.Contains(out, "edge") {
 			t.Errorf("apps list after destroy:\n%s", out)
 		}
-		if len(s.strays()) != 0 {
-			t.Errorf("machines of a destroyed app still run: %v", s.strays())
+		if n := s.running(); n != 0 {
+			t.Errorf("%d machines of a destroyed app still run", n)
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -94,8 +95,8 @@ func startServerWith(t *testing.T, flags ...string) *server {
 	s.start()
 	t.Cleanup(func() {
 		s.stop(syscall.SIGTERM)
-		if n := s.strays(); len(n) > 0 {
-			t.Errorf("processes of pier machines left after the server stopped: %v", n)
+		if n := s.running(); n > 0 {
+			t.Errorf("%d pier machines left running after the server stopped", n)
 		}
 		if t.Failed() {
 			t.Logf("server log:\n%s", s.log.String())
@@ -163,6 +164,78 @@ func (s *server) stop(sig syscall.Signal) {
 		<-s.exited
 		s.t.Errorf("pier server did not stop within 30s of %v", sig)
 	}
+}
+
+// isolated reports whether the server runs apps under runc.
+func (s *server) isolated() bool {
+	for i, f := range s.flags {
+		if f == "--runtime" && i+1 < len(s.flags) && s.flags[i+1] == "runc" {
+			return true
+		}
+	}
+	return false
+}
+
+// running counts the machines of this server that are running on the
+// host: runc containers in its state dir, or host processes.
+func (s *server) running() int {
+	if !s.isolated() {
+		return len(s.strays())
+	}
+	out, _ := exec.Command("runc", "--root", filepath.Join(s.dataDir, "machines", "runc-root"), "list", "-q").Output()
+	n := 0
+	for _, id := range strings.Fields(string(out)) {
+		state, _ := exec.Command("runc", "--root", filepath.Join(s.dataDir, "machines", "runc-root"), "state", id).Output()
+		if bytes.Contains(state, []byte(`"status": "running"`)) {
+			n++
+		}
+	}
+	return n
+}
+
+// startRuncServer starts a server whose apps and machines run under runc,
+// on a bridge and /24 of its own.
+func startRuncServer(t *testing.T) *server {
+	t.Helper()
+	needRunc(t)
+	n := freeSubnet(t)
+	return startServerWith(t, "--runtime", "runc", "--bridge", fmt.Sprintf("pe2e%d", n), "--subnet", fmt.Sprintf("100.127.%d.0/24", n))
+}
+
+// needRunc skips (or, in CI, fails) a test that needs the runc runtime.
+func needRunc(t *testing.T) {
+	t.Helper()
+	need(t, "runc", "iptables")
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("the runc runtime needs root, and CI must test it")
+		}
+		t.Skip("the runc runtime needs root")
+	}
+}
+
+// freeSubnet picks N such that 100.127.N.0/24 is not routed on the host.
+func freeSubnet(t *testing.T) int {
+	t.Helper()
+	routes, err := exec.Command("ip", "-o", "route").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		n := 20 + rand.IntN(230)
+		if !bytes.Contains(routes, []byte(fmt.Sprintf("100.127.%d.", n))) {
+			return n
+		}
+	}
+	t.Fatal("no free 100.127.N.0/24")
+	return 0
+}
+
+// forEachRuntime runs body against a server of each app runtime: host
+// processes, and isolated runc machines.
+func forEachRuntime(t *testing.T, body func(t *testing.T, start func(*testing.T) *server)) {
+	t.Run("process", func(t *testing.T) { body(t, startServer) })
+	t.Run("runc", func(t *testing.T) { body(t, startRuncServer) })
 }
 
 // strays lists host processes that carry a machine id of this server's

@@ -10,57 +10,59 @@ import (
 // TestLaunchEveryBuilder launches one sample app per builder and checks each
 // answers through the edge proxy.
 func TestLaunchEveryBuilder(t *testing.T) {
-	s := startServer(t)
-	tests := []struct {
-		sample, builder, want string
-		tools                 []string
-	}{
-		{"go", "go", "hello from go", []string{"go"}},
-		{"node", "node", "hello from node", []string{"node"}},
-		{"node-dep", "node", "is-number(42)=true", []string{"node", "npm"}},
-		{"python", "python", "hello from python", []string{"python3"}},
-		{"static", "static", "hello from static", nil},
-		{"procfile", "procfile", "hello from procfile", []string{"python3"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.sample, func(t *testing.T) {
-			need(t, tt.tools...)
-			dir := copyApp(t, tt.sample)
-			app := "s-" + tt.sample
-			out, err := s.pier("launch", dir, "--name", app, "--yes")
-			if err != nil {
-				t.Fatalf("launch: %v\n%s", err, out)
-			}
-			for _, want := range []string{"Detected a " + tt.builder + " app", "is live at http://" + app + ".localhost:"} {
-				if !strings.Contains(out, want) {
-					t.Errorf("launch output lacks %q:\n%s", want, out)
+	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+		s := start(t)
+		tests := []struct {
+			sample, builder, want string
+			tools                 []string
+		}{
+			{"go", "go", "hello from go", []string{"go"}},
+			{"node", "node", "hello from node", []string{"node"}},
+			{"node-dep", "node", "is-number(42)=true", []string{"node", "npm"}},
+			{"python", "python", "hello from python", []string{"python3"}},
+			{"static", "static", "hello from static", nil},
+			{"procfile", "procfile", "hello from procfile", []string{"python3"}},
+		}
+		for _, tt := range tests {
+			t.Run(tt.sample, func(t *testing.T) {
+				need(t, tt.tools...)
+				dir := copyApp(t, tt.sample)
+				app := "s-" + tt.sample
+				out, err := s.pier("launch", dir, "--name", app, "--yes")
+				if err != nil {
+					t.Fatalf("launch: %v\n%s", err, out)
 				}
-			}
-			s.mustGet(app, "/", tt.want)
-			cfg, err := os.ReadFile(filepath.Join(dir, "pier.toml"))
-			if err != nil || !strings.Contains(string(cfg), `app = "`+app+`"`) {
-				t.Errorf("pier.toml = %q, %v", cfg, err)
+				for _, want := range []string{"Detected a " + tt.builder + " app", "is live at http://" + app + ".localhost:"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("launch output lacks %q:\n%s", want, out)
+					}
+				}
+				s.mustGet(app, "/", tt.want)
+				cfg, err := os.ReadFile(filepath.Join(dir, "pier.toml"))
+				if err != nil || !strings.Contains(string(cfg), `app = "`+app+`"`) {
+					t.Errorf("pier.toml = %q, %v", cfg, err)
+				}
+			})
+		}
+		t.Run("static site hides dot files", func(t *testing.T) {
+			if code, body, _ := s.get("s-static", "/.env"); code != 404 || strings.Contains(body, "SECRET-DOTFILE") {
+				t.Errorf("GET /.env = %d %q; want 404", code, body)
 			}
 		})
-	}
-	t.Run("static site hides dot files", func(t *testing.T) {
-		if code, body, _ := s.get("s-static", "/.env"); code != 404 || strings.Contains(body, "SECRET-DOTFILE") {
-			t.Errorf("GET /.env = %d %q; want 404", code, body)
-		}
-	})
-	t.Run("build output streamed and logged", func(t *testing.T) {
-		logs := s.mustPier("logs", "-a", "s-go", "-n", "200")
-		if !strings.Contains(logs, "[build] $ go build") || !strings.Contains(logs, "listening on") {
-			t.Errorf("logs lack build and app output:\n%s", logs)
-		}
-	})
-	t.Run("apps list", func(t *testing.T) {
-		out := s.mustPier("apps", "list")
-		for _, tt := range tests {
-			if !strings.Contains(out, "s-"+tt.sample) {
-				t.Errorf("apps list lacks s-%s:\n%s", tt.sample, out)
+		t.Run("build output streamed and logged", func(t *testing.T) {
+			logs := s.mustPier("logs", "-a", "s-go", "-n", "200")
+			if !strings.Contains(logs, "[build] $ go build") || !strings.Contains(logs, "listening on") {
+				t.Errorf("logs lack build and app output:\n%s", logs)
 			}
-		}
+		})
+		t.Run("apps list", func(t *testing.T) {
+			out := s.mustPier("apps", "list")
+			for _, tt := range tests {
+				if !strings.Contains(out, "s-"+tt.sample) {
+					t.Errorf("apps list lacks s-%s:\n%s", tt.sample, out)
+				}
+			}
+		})
 	})
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -125,15 +124,9 @@ type execResult struct {
 // of every endpoint, isolation seen from inside a machine, OOM, pids limit,
 // stop escalation, auto_destroy, and no leftovers once the server stops.
 func TestMachinesAPI(t *testing.T) {
-	need(t, "runc", "iptables")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("machines tests need root in CI")
-		}
-		t.Skip("machines need root")
-	}
+	needRunc(t)
 	ref := busyboxImage(t)
-	net3 := rand.IntN(200) + 20
+	net3 := freeSubnet(t)
 	bridge := fmt.Sprintf("pe2e%d", net3)
 	s := startServerWith(t, "--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", net3))
 	s.mustPier("apps", "create", "sbx")

@@ -18,57 +18,59 @@ import (
 // gracefully and with kill -9: state is intact, apps are served again, and
 // no machine process is left over or duplicated.
 func TestServerRestartKeepsEverything(t *testing.T) {
-	s := startServer(t)
-	dir := copyApp(t, "go")
-	setVersion(t, dir, "keep", "v-one", "")
-	s.mustPier("launch", dir, "--yes")
-	s.mustPier("secrets", "set", "-a", "keep", "GREETING_SECRET=sesame")
-	s.mustPier("scale", "count", "2", "-a", "keep")
-	s.mustPier("launch", copyApp(t, "static"), "--name", "site", "--yes")
-	s.mustGet("keep", "/", "secret=sesame")
+	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+		s := start(t)
+		dir := copyApp(t, "go")
+		setVersion(t, dir, "keep", "v-one", "")
+		s.mustPier("launch", dir, "--yes")
+		s.mustPier("secrets", "set", "-a", "keep", "GREETING_SECRET=sesame")
+		s.mustPier("scale", "count", "2", "-a", "keep")
+		s.mustPier("launch", copyApp(t, "static"), "--name", "site", "--yes")
+		s.mustGet("keep", "/", "secret=sesame")
 
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		t.Run(sig.String(), func(t *testing.T) {
-			before := s.status("keep")
-			s.stop(sig)
-			if sig == syscall.SIGTERM {
-				if strays := s.strays(); len(strays) > 0 {
-					t.Fatalf("machines still running after a graceful stop: %v", strays)
-				}
-			}
-			s.start()
-			eventually(t, 15*time.Second, "apps served after restart", func() error {
-				st := s.status("keep")
-				healthy := 0
-				for _, m := range st.Machines {
-					if m.Healthy {
-						healthy++
+		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+			t.Run(sig.String(), func(t *testing.T) {
+				before := s.status("keep")
+				s.stop(sig)
+				if sig == syscall.SIGTERM {
+					if n := s.running(); n > 0 {
+						t.Fatalf("%d machines still running after a graceful stop", n)
 					}
 				}
-				if healthy != 2 || len(st.Machines) != 2 {
-					return fmt.Errorf("machines: %+v", st.Machines)
+				s.start()
+				eventually(t, 15*time.Second, "apps served after restart", func() error {
+					st := s.status("keep")
+					healthy := 0
+					for _, m := range st.Machines {
+						if m.Healthy {
+							healthy++
+						}
+					}
+					if healthy != 2 || len(st.Machines) != 2 {
+						return fmt.Errorf("machines: %+v", st.Machines)
+					}
+					if _, body, err := s.get("keep", "/"); err != nil || !strings.Contains(body, "version=v-one secret=sesame") {
+						return fmt.Errorf("keep: %q %v", body, err)
+					}
+					if _, body, err := s.get("site", "/"); err != nil || !strings.Contains(body, "hello from static") {
+						return fmt.Errorf("site: %q %v", body, err)
+					}
+					return nil
+				})
+				after := s.status("keep")
+				if after.Current == nil || before.Current == nil || after.Current.Version != before.Current.Version || after.Count != 2 {
+					t.Errorf("state changed across restart: before %+v, after %+v", before.Current, after.Current)
 				}
-				if _, body, err := s.get("keep", "/"); err != nil || !strings.Contains(body, "version=v-one secret=sesame") {
-					return fmt.Errorf("keep: %q %v", body, err)
+				// Exactly the machines the server knows about run: 2 for keep, 1 for site.
+				if n := s.running(); n != 3 {
+					t.Errorf("%d machines running, want 3 (2 keep + 1 site)", n)
 				}
-				if _, body, err := s.get("site", "/"); err != nil || !strings.Contains(body, "hello from static") {
-					return fmt.Errorf("site: %q %v", body, err)
+				if out := s.mustPier("secrets", "list", "-a", "keep"); !strings.Contains(out, "GREETING_SECRET") {
+					t.Errorf("secrets lost:\n%s", out)
 				}
-				return nil
 			})
-			after := s.status("keep")
-			if after.Current == nil || before.Current == nil || after.Current.Version != before.Current.Version || after.Count != 2 {
-				t.Errorf("state changed across restart: before %+v, after %+v", before.Current, after.Current)
-			}
-			// Exactly the machines the server knows about run: 2 for keep, 1 for site.
-			if strays := s.strays(); len(strays) != 3 {
-				t.Errorf("%d machine processes running, want 3 (2 keep + 1 site): %v", len(strays), strays)
-			}
-			if out := s.mustPier("secrets", "list", "-a", "keep"); !strings.Contains(out, "GREETING_SECRET") {
-				t.Errorf("secrets lost:\n%s", out)
-			}
-		})
-	}
+		}
+	})
 }
 
 // TestAPIRequiresToken checks that every API route refuses requests without

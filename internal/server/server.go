@@ -40,8 +40,9 @@ type Config struct {
 	APIAddr  string
 	HTTPAddr string
 	Domain   string
-	// Runtime is "auto" (runc for machines when the host can run it),
-	// "runc" (required) or "process" (no isolated machines).
+	// Runtime is "auto" (runc for apps and machines when the host can run
+	// it), "runc" (required) or "process" (apps as host processes, no
+	// machines API).
 	Runtime string
 	// Subnet and Bridge are the machines' network (runc runtime).
 	Subnet, Bridge string
@@ -107,20 +108,32 @@ func Run(ctx context.Context, c Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	edge := proxy.New(c.Domain, proxy.NewMetrics(reg), log.With("component", "proxy"))
-	driver := process.New()
-	builder := &build.Builder{Dir: filepath.Join(c.DataDir, "builds")}
-	sup := supervisor.New(supervisor.Config{
-		Driver: driver, Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
-		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
-	})
-	// Machines need an isolating runtime; without one the machines API
-	// answers 503 saying what is missing.
+	// Apps and machines run isolated under runc when the host allows it
+	// (or --runtime runc demands it); otherwise apps run as host processes
+	// and the machines API answers 503 saying what is missing.
 	isolated, err := isolatedRuntime(c, log)
 	if err != nil {
 		return err
 	}
-	var mach *machines.Manager
+	builder := &build.Builder{Dir: filepath.Join(c.DataDir, "builds")}
+	supCfg := supervisor.Config{
+		Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
+		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
+	}
+	var cleaner control.Cleaner
+	if isolated != nil {
+		hostfs, err := supervisor.NewHostFS(filepath.Join(c.DataDir, "hostfs"), self)
+		if err != nil {
+			return fmt.Errorf("app machines' root filesystem: %w", err)
+		}
+		supCfg.Driver, supCfg.HostFS, cleaner = isolated, hostfs, isolated
+	} else {
+		pd := process.New()
+		supCfg.Driver, cleaner = pd, pd
+	}
+	sup := supervisor.New(supCfg)
 	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")}}
+	var mach *machines.Manager
 	if isolated != nil {
 		mach = machines.New(isolated, imgs, st, hub, log.With("component", "machines"))
 		if err := mach.Restore(ctx, isolated); err != nil {
@@ -150,7 +163,7 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Sprintf("http://%s.%s:%d/", app, c.Domain, httpPort)
 	}
 
-	if err := plane.Restore(ctx, driver); err != nil {
+	if err := plane.Restore(ctx, cleaner); err != nil {
 		apiLn.Close()
 		httpLn.Close()
 		return fmt.Errorf("restore apps: %w", err)

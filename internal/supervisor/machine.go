@@ -88,6 +88,9 @@ func (m *machine) run(env []string) {
 		out := m.s.logs.Writer(m.app, m.id, "stdout")
 		errw := m.s.logs.Writer(m.app, m.id, "stderr")
 		spec := runtime.Spec{ID: m.id, App: m.app, Dir: m.s.artifact(m.app, m.rel.BuildID), Command: m.command(), Env: env, Stdout: out, Stderr: errw}
+		if m.s.hostfs != nil {
+			spec = m.s.hostfs.isolate(spec, m.rel.Builder == "static" && m.rel.Start == "")
+		}
 		proc, err := m.s.driver.Start(context.Background(), spec)
 		var exit runtime.Exit
 		var up time.Duration

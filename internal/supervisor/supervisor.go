@@ -50,6 +50,9 @@ type Config struct {
 	Self string
 	// StopGrace is how long a machine has between SIGTERM and SIGKILL.
 	StopGrace time.Duration
+	// HostFS, when set, runs releases in isolated machines (the driver is
+	// then an isolating one) with this root filesystem.
+	HostFS *HostFS
 }
 
 // Supervisor owns every running machine.
@@ -62,6 +65,7 @@ type Supervisor struct {
 	artifact func(app, buildID string) string
 	self     string
 	grace    time.Duration
+	hostfs   *HostFS
 
 	mu       sync.Mutex
 	machines map[string]*machine
@@ -73,7 +77,7 @@ func New(c Config) *Supervisor {
 		c.StopGrace = 10 * time.Second
 	}
 	return &Supervisor{driver: c.Driver, router: c.Router, rec: c.Recorder, logs: c.Logs, log: c.Log,
-		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, machines: map[string]*machine{}}
+		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, machines: map[string]*machine{}}
 }
 
 func (s *Supervisor) event(app, typ, msg string) {
