@@ -32,6 +32,21 @@ type Config struct {
 	Env map[string]string `toml:"env"`
 	// Checks are health checks; without any, a TCP connect on PORT is used.
 	Checks []Check `toml:"checks"`
+	// HTTPService controls scale to zero (names as in fly.toml).
+	HTTPService HTTPService `toml:"http_service"`
+}
+
+// HTTPService controls how the app's machines follow its traffic.
+type HTTPService struct {
+	// AutoStopMachines is "stop" to stop idle machines, or "off" (default).
+	AutoStopMachines string `toml:"auto_stop_machines,omitempty"`
+	// AutoStartMachines starts machines when a request arrives and none
+	// runs (default true when auto_stop_machines is "stop").
+	AutoStartMachines *bool `toml:"auto_start_machines,omitempty"`
+	// MinMachinesRunning is how many machines stay up when idle (default 0).
+	MinMachinesRunning int `toml:"min_machines_running,omitempty"`
+	// IdleTimeout is how long without requests makes a machine idle (default 5m).
+	IdleTimeout string `toml:"idle_timeout,omitempty"`
 }
 
 // Build overrides detection.
@@ -106,7 +121,7 @@ func Parse(name string, b []byte) (*Config, error) {
 		if errors.As(err, &strict) && len(strict.Errors) > 0 {
 			de := strict.Errors[0]
 			row, _ := de.Position()
-			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout)"}
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout)"}
 		}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
@@ -147,6 +162,17 @@ func (c *Config) validate() error {
 		if _, err := duration(v, time.Second); err != nil {
 			return bad(key, "%v", err)
 		}
+	}
+	switch c.HTTPService.AutoStopMachines {
+	case "", "off", "stop":
+	default:
+		return bad("http_service.auto_stop_machines", "%q is not \"stop\" or \"off\"", c.HTTPService.AutoStopMachines)
+	}
+	if c.HTTPService.MinMachinesRunning < 0 {
+		return bad("http_service.min_machines_running", "must not be negative")
+	}
+	if _, err := duration(c.HTTPService.IdleTimeout, time.Second); err != nil {
+		return bad("http_service.idle_timeout", "%v", err)
 	}
 	for name := range c.Env {
 		if err := pier.ValidateEnvName(name); err != nil {
@@ -198,6 +224,14 @@ func (c *Config) RunConfig() pier.RunConfig {
 	}
 	rc.WaitTimeout.Duration = orDefault(c.Deploy.WaitTimeout, 60*time.Second)
 	rc.DrainTimeout.Duration = orDefault(c.Deploy.DrainTimeout, 30*time.Second)
+	hs := c.HTTPService
+	rc.AutoStop = hs.AutoStopMachines == "stop"
+	rc.AutoStart = rc.AutoStop
+	if hs.AutoStartMachines != nil {
+		rc.AutoStart = *hs.AutoStartMachines
+	}
+	rc.MinMachines = hs.MinMachinesRunning
+	rc.IdleTimeout.Duration = orDefault(hs.IdleTimeout, 5*time.Minute)
 	for _, ch := range c.Checks {
 		pc := pier.Check{Type: ch.Type, Path: ch.Path}
 		if pc.Type == "" {
@@ -241,6 +275,11 @@ app = %q
 # [[checks]]
 # path = "/healthz"       # HTTP check (default: TCP connect on $PORT)
 # interval = "2s"
+
+# [http_service]
+# auto_stop_machines = "stop"   # scale to zero when idle
+# min_machines_running = 0
+# idle_timeout = "5m"
 `, app))
 }
 

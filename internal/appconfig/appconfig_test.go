@@ -20,6 +20,9 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"reserved env", "[env]\nPORT = \"1\"\n", "pier.toml:2: env.PORT: "},
 		{"wrong type", "app = 3\n", "pier.toml:1: app: "},
 		{"syntax", "app = \"x\n", "pier.toml:1"},
+		{"bad auto stop", "[http_service]\nauto_stop_machines = \"suspend\"\n", "pier.toml:2: http_service.auto_stop_machines"},
+		{"negative min machines", "[http_service]\nmin_machines_running = -1\n", "pier.toml:2: http_service.min_machines_running"},
+		{"short idle timeout", "[http_service]\nidle_timeout = \"10ms\"\n", "pier.toml:2: http_service.idle_timeout: duration \"10ms\" is too short"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -45,6 +48,29 @@ func TestRunConfigDefaults(t *testing.T) {
 	}
 	if rc.Env["GREETING"] != "hi" {
 		t.Fatalf("env: %v", rc.Env)
+	}
+}
+
+func TestScaleToZeroConfig(t *testing.T) {
+	tests := []struct {
+		doc                 string
+		autoStop, autoStart bool
+		min                 int
+		idle                time.Duration
+	}{
+		{"", false, false, 0, 5 * time.Minute},
+		{"[http_service]\nauto_stop_machines = \"stop\"\n", true, true, 0, 5 * time.Minute},
+		{"[http_service]\nauto_stop_machines = \"stop\"\nauto_start_machines = false\nmin_machines_running = 1\nidle_timeout = \"30s\"\n", true, false, 1, 30 * time.Second},
+	}
+	for _, tt := range tests {
+		c, err := Parse("pier.toml", []byte(tt.doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := c.RunConfig()
+		if rc.AutoStop != tt.autoStop || rc.AutoStart != tt.autoStart || rc.MinMachines != tt.min || rc.IdleTimeout.Duration != tt.idle {
+			t.Errorf("%q: %+v", tt.doc, rc)
+		}
 	}
 }
 

@@ -200,3 +200,36 @@ func TestCrashedMachineComesBack(t *testing.T) {
 		}
 	})
 }
+
+// TestScaleToZero launches an app that stops when idle: its machines stop
+// after the idle timeout, and the next request starts one and is served.
+func TestScaleToZero(t *testing.T) {
+	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+		s := start(t)
+		dir := copyApp(t, "go")
+		setVersion(t, dir, "sleepy", "z", "[http_service]\nauto_stop_machines = \"stop\"\nidle_timeout = \"2s\"\n")
+		s.mustPier("launch", dir, "--yes")
+		s.mustGet("sleepy", "/", "version=z")
+		eventually(t, 20*time.Second, "idle app stopped", func() error {
+			if n := len(s.status("sleepy").Machines); n != 0 {
+				return fmt.Errorf("%d machines", n)
+			}
+			return nil
+		})
+		if n := s.running(); n != 0 {
+			t.Fatalf("%d machines still running after autostop", n)
+		}
+		begin := time.Now()
+		s.mustGet("sleepy", "/", "version=z") // held until a machine is up, then served
+		t.Logf("cold start through the proxy: %s", time.Since(begin))
+		if st := s.status("sleepy"); len(st.Machines) != 1 || st.Count != 1 {
+			t.Errorf("after wake: count %d, %d machines", st.Count, len(st.Machines))
+		}
+		events := s.api("/v1/apps/sleepy/events")
+		for _, want := range []string{`"type": "autostop"`, `"type": "autostart"`} {
+			if !strings.Contains(events, want) {
+				t.Errorf("events lack %s", want)
+			}
+		}
+	})
+}

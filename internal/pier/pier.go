@@ -52,6 +52,13 @@ type RunConfig struct {
 	Strategy     string            `json:"strategy"`
 	WaitTimeout  Duration          `json:"wait_timeout"`  // how long a new machine has to become healthy
 	DrainTimeout Duration          `json:"drain_timeout"` // how long in-flight requests may take to finish
+	// Scale to zero: with AutoStop, machines beyond MinMachines stop after
+	// IdleTimeout without requests; with AutoStart, a request to an app
+	// with no running machine starts them again.
+	AutoStop    bool     `json:"auto_stop,omitempty"`
+	AutoStart   bool     `json:"auto_start,omitempty"`
+	MinMachines int      `json:"min_machines_running,omitempty"`
+	IdleTimeout Duration `json:"idle_timeout,omitempty"`
 }
 
 // Check is a health check of a machine. Type "tcp" connects to PORT; "http"

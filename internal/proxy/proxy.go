@@ -29,6 +29,10 @@ type Proxy struct {
 	// WaitForBackend bounds how long a request to an app with no healthy
 	// machine is held before it gets 503.
 	WaitForBackend time.Duration
+	// Wake, if set, is called (in its own goroutine) when a request arrives
+	// for an app with no machine in traffic, so a scaled-to-zero app can
+	// start one while the request waits.
+	Wake func(app string)
 
 	mu        sync.Mutex
 	apps      map[string]*pool
@@ -41,9 +45,12 @@ type pool struct {
 	backends []*backend
 	next     int
 	changed  chan struct{} // closed (and replaced) when a backend is added
+	inflight int           // requests being proxied, on any machine
+	last     time.Time     // when the latest request arrived
 }
 
 type backend struct {
+	pool     *pool
 	id       string
 	url      *url.URL
 	inflight int
@@ -124,7 +131,8 @@ func (p *Proxy) Add(app, id, addr string) {
 			return
 		}
 	}
-	pl.backends = append(pl.backends, &backend{id: id, url: &url.URL{Scheme: "http", Host: addr}})
+	pl.backends = append(pl.backends, &backend{pool: pl, id: id, url: &url.URL{Scheme: "http", Host: addr}})
+	pl.last = time.Now() // a machine that just joined counts as activity
 	close(pl.changed)
 	pl.changed = make(chan struct{})
 }
@@ -176,6 +184,18 @@ func (p *Proxy) Drain(ctx context.Context, app, id string) error {
 // machines stopped, so none is reused against a port that changed hands.
 func (p *Proxy) CloseIdleConnections() { p.transport.CloseIdleConnections() }
 
+// Idle reports how long app has had no request in flight and none
+// arriving; 0 while it is busy or unknown.
+func (p *Proxy) Idle(app string) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pl := p.apps[app]
+	if pl == nil || pl.inflight > 0 || pl.last.IsZero() {
+		return 0
+	}
+	return time.Since(pl.last)
+}
+
 // Backends returns the ids of the machines app's traffic goes to.
 func (p *Proxy) Backends(app string) []string {
 	p.mu.Lock()
@@ -201,6 +221,7 @@ func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
 			p.mu.Unlock()
 			return nil, false, nil
 		}
+		pl.last = time.Now()
 		if n := len(pl.backends); n > 0 {
 			var best *backend
 			for i := range n {
@@ -211,6 +232,7 @@ func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
 			}
 			pl.next = (pl.next + 1) % n
 			best.inflight++
+			pl.inflight++
 			p.mu.Unlock()
 			return best, true, nil
 		}
@@ -220,6 +242,9 @@ func (p *Proxy) pick(ctx context.Context, app string) (*backend, bool, error) {
 			t := time.NewTimer(p.WaitForBackend)
 			defer t.Stop()
 			deadline = t.C
+			if p.Wake != nil {
+				go p.Wake(app)
+			}
 		}
 		select {
 		case <-changed:
@@ -246,6 +271,8 @@ func (p *Proxy) release(b *backend) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b.inflight--
+	b.pool.inflight--
+	b.pool.last = time.Now()
 	if b.draining && b.inflight == 0 {
 		close(b.idle)
 		b.draining = false

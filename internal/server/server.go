@@ -163,6 +163,7 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Sprintf("http://%s.%s:%d/", app, c.Domain, httpPort)
 	}
 
+	edge.Wake = plane.Wake
 	if err := plane.Restore(ctx, cleaner); err != nil {
 		apiLn.Close()
 		httpLn.Close()
@@ -186,6 +187,9 @@ func Run(ctx context.Context, c Config) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	autostopCtx, stopAutostop := context.WithCancel(ctx)
+	autostopDone := make(chan struct{})
+	go func() { defer close(autostopDone); plane.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
 	errs := make(chan error, 2)
 	go func() { errs <- serve(apiSrv, apiLn) }()
 	go func() { errs <- serve(httpSrv, httpLn) }()
@@ -208,6 +212,8 @@ func Run(ctx context.Context, c Config) error {
 	case runErr = <-errs:
 	}
 	log.Info("shutting down: draining traffic and stopping machines")
+	stopAutostop()
+	<-autostopDone
 	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	httpSrv.Shutdown(shutCtx)

@@ -174,6 +174,10 @@ func (s *Supervisor) serving(app string) []*machine {
 	return out
 }
 
+// Serving counts an app's machines that are (or will be, once healthy) in
+// traffic: not being retired.
+func (s *Supervisor) Serving(app string) int { return len(s.serving(app)) }
+
 // Machines lists an app's machines, oldest first.
 func (s *Supervisor) Machines(app string) []pier.Machine {
 	s.mu.Lock()
