@@ -34,6 +34,15 @@ type Config struct {
 	Checks []Check `toml:"checks"`
 	// HTTPService controls scale to zero (names as in fly.toml).
 	HTTPService HTTPService `toml:"http_service"`
+	// Network controls what the app's machines may reach.
+	Network Network `toml:"network"`
+}
+
+// Network is the app's network policy.
+type Network struct {
+	// Outbound is "allow" (default) or "deny": whether machines may open
+	// connections to the internet and the LAN.
+	Outbound string `toml:"outbound,omitempty"`
 }
 
 // HTTPService controls how the app's machines follow its traffic.
@@ -121,7 +130,7 @@ func Parse(name string, b []byte) (*Config, error) {
 		if errors.As(err, &strict) && len(strict.Errors) > 0 {
 			de := strict.Errors[0]
 			row, _ := de.Position()
-			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout)"}
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound)"}
 		}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
@@ -167,6 +176,11 @@ func (c *Config) validate() error {
 	case "", "off", "stop":
 	default:
 		return bad("http_service.auto_stop_machines", "%q is not \"stop\" or \"off\"", c.HTTPService.AutoStopMachines)
+	}
+	switch c.Network.Outbound {
+	case "", "allow", "deny":
+	default:
+		return bad("network.outbound", "%q is not \"allow\" or \"deny\"", c.Network.Outbound)
 	}
 	if c.HTTPService.MinMachinesRunning < 0 {
 		return bad("http_service.min_machines_running", "must not be negative")
@@ -232,6 +246,7 @@ func (c *Config) RunConfig() pier.RunConfig {
 	}
 	rc.MinMachines = hs.MinMachinesRunning
 	rc.IdleTimeout.Duration = orDefault(hs.IdleTimeout, 5*time.Minute)
+	rc.DenyOutbound = c.Network.Outbound == "deny"
 	for _, ch := range c.Checks {
 		pc := pier.Check{Type: ch.Type, Path: ch.Path}
 		if pc.Type == "" {
@@ -275,6 +290,9 @@ app = %q
 # [[checks]]
 # path = "/healthz"       # HTTP check (default: TCP connect on $PORT)
 # interval = "2s"
+
+# [network]
+# outbound = "deny"       # no connections beyond pier (isolated runtime only)
 
 # [http_service]
 # auto_stop_machines = "stop"   # scale to zero when idle

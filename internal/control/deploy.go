@@ -59,6 +59,10 @@ func (p *Plane) Prepare(ctx context.Context, app string, src io.Reader) (*Upload
 		u.Close()
 		return nil, pier.Errorf(pier.Invalid, "pier.toml says app = %q but the deploy is for %q; fix pier.toml or pass -a %s", cfg.App, app, cfg.App)
 	}
+	if cfg.Network.Outbound == "deny" && !p.Supervisor.Isolated() {
+		u.Close()
+		return nil, pier.Errorf(pier.Invalid, "pier.toml: [network] outbound = \"deny\" needs isolated machines, and this server runs apps as host processes: run `pier server` as root with runc installed (--runtime runc)")
+	}
 	plan, err := build.Detect(dir, cfg)
 	if err != nil {
 		u.Close()

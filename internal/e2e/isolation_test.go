@@ -6,9 +6,11 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAppMachinesAreIsolated launches an app under the runc runtime and
@@ -91,4 +93,84 @@ func TestAppMachinesAreIsolated(t *testing.T) {
 	}
 	// The neighbour is reachable the way it should be: through the proxy.
 	s.mustGet("neighbour", "/", "hello from go")
+}
+
+// outsideHost makes a network namespace standing in for a host beyond pier
+// (the internet, the LAN), routed from this host, with a TCP listener on
+// addr; it is removed at cleanup. No traffic leaves this machine.
+func outsideHost(t *testing.T) (addr string) {
+	t.Helper()
+	n := freeSubnet(t)
+	ns := fmt.Sprintf("pe2eout%d", n)
+	hostIP, peerIP := fmt.Sprintf("100.126.%d.1", n), fmt.Sprintf("100.126.%d.2", n)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "pids", ns).Run()
+		exec.Command("ip", "netns", "delete", ns).Run()
+		exec.Command("ip", "link", "delete", "vo"+ns[4:]).Run()
+	})
+	run("ip", "link", "add", "vo"+ns[4:], "type", "veth", "peer", "name", "vi"+ns[4:])
+	run("ip", "link", "set", "vi"+ns[4:], "netns", ns)
+	run("ip", "addr", "add", hostIP+"/30", "dev", "vo"+ns[4:])
+	run("ip", "link", "set", "vo"+ns[4:], "up")
+	run("ip", "netns", "exec", ns, "ip", "addr", "add", peerIP+"/30", "dev", "vi"+ns[4:])
+	run("ip", "netns", "exec", ns, "ip", "link", "set", "vi"+ns[4:], "up")
+	run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+	listener := exec.Command("ip", "netns", "exec", ns, "python3", "-c",
+		"import socket\ns=socket.socket()\ns.bind(('"+peerIP+"',8099))\ns.listen(16)\nwhile True:\n    c,_=s.accept(); c.close()")
+	if err := listener.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Process.Kill(); listener.Wait() })
+	addr = peerIP + ":8099"
+	eventually(t, 5*time.Second, "outside listener up", func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return addr
+}
+
+// TestOutboundPolicy: by default an app's machines reach hosts beyond pier;
+// with [network] outbound = "deny" they cannot.
+func TestOutboundPolicy(t *testing.T) {
+	need(t, "python3", "ip")
+	s := startRuncServer(t)
+	outside := outsideHost(t)
+	s.mustPier("launch", copyApp(t, "probe"), "--name", "open", "--yes")
+	denied := copyApp(t, "probe")
+	writeFile(t, filepath.Join(denied, "pier.toml"), "app = \"closed\"\n[network]\noutbound = \"deny\"\n")
+	s.mustPier("launch", denied, "--yes")
+	for app, want := range map[string]bool{"open": true, "closed": false} {
+		code, body, err := s.get(app, "/connect?addr="+url.QueryEscape(outside))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := code == 200; got != want {
+			t.Errorf("%s connecting outside: %d %q; want connected=%v", app, code, body, want)
+		}
+	}
+}
+
+// TestOutboundDenyNeedsIsolation: the process runtime cannot enforce the
+// policy, so such a deploy is refused and nothing changes.
+func TestOutboundDenyNeedsIsolation(t *testing.T) {
+	s := startServer(t)
+	dir := copyApp(t, "go")
+	writeFile(t, filepath.Join(dir, "pier.toml"), "app = \"closed\"\n[network]\noutbound = \"deny\"\n")
+	out, err := s.pier("launch", dir, "--yes")
+	if err == nil || !strings.Contains(out, `outbound = "deny" needs isolated machines`) {
+		t.Fatalf("launch: %v\n%s", err, out)
+	}
+	if rels := s.mustPier("releases", "-a", "closed"); !strings.Contains(rels, "no releases") {
+		t.Errorf("a refused deploy made a release:\n%s", rels)
+	}
 }

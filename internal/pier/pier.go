@@ -59,6 +59,9 @@ type RunConfig struct {
 	AutoStart   bool     `json:"auto_start,omitempty"`
 	MinMachines int      `json:"min_machines_running,omitempty"`
 	IdleTimeout Duration `json:"idle_timeout,omitempty"`
+	// DenyOutbound cuts the app's machines off from networks beyond pier
+	// (needs an isolating runtime).
+	DenyOutbound bool `json:"deny_outbound,omitempty"`
 }
 
 // Check is a health check of a machine. Type "tcp" connects to PORT; "http"

@@ -89,11 +89,12 @@ const appUser = "65534:65534"
 // isolate turns the spec of a release machine into one for an isolating
 // runtime: the release read-only at /app, the host's system directories,
 // an unprivileged user, and a HOME and PATH of the machine's own.
-func (h *HostFS) isolate(spec runtime.Spec, static bool) runtime.Spec {
+func (h *HostFS) isolate(spec runtime.Spec, static, deny bool) runtime.Spec {
 	spec.Rootfs = []string{h.Base}
 	spec.Mounts = append(append([]runtime.Mount{}, h.Mounts...), runtime.Mount{Source: spec.Dir, Target: "/app", ReadOnly: true})
 	spec.WorkDir = "/app"
 	spec.User = appUser
+	spec.DenyOutbound = deny
 	spec.Port = 8080
 	if static {
 		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: h.Self, Target: "/.pier/pier", ReadOnly: true})

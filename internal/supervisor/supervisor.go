@@ -174,6 +174,9 @@ func (s *Supervisor) serving(app string) []*machine {
 	return out
 }
 
+// Isolated reports whether releases run in isolated machines.
+func (s *Supervisor) Isolated() bool { return s.hostfs != nil }
+
 // Serving counts an app's machines that are (or will be, once healthy) in
 // traffic: not being retired.
 func (s *Supervisor) Serving(app string) int { return len(s.serving(app)) }
