@@ -32,6 +32,12 @@ type Images interface {
 	Resolve(ctx context.Context, ref string) (Image, error)
 }
 
+// collector is implemented by Images that can remove unpacked images no
+// machine uses any more.
+type collector interface {
+	GC(ctx context.Context, inUse map[string]bool) (int, error)
+}
+
 // Driver starts machines; it must isolate them (internal/runtime/runc).
 type Driver interface {
 	Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error)
@@ -58,6 +64,10 @@ type Manager struct {
 	closing atomic.Bool // the server is shutting down: exits are not the machines' doing
 	mu      sync.Mutex
 	ms      map[string]*entry
+	// images is held for reading from resolving an image until the machine
+	// using it is in ms, and for writing by garbage collection, so a fresh
+	// image is never collected before its machine is known.
+	imagesMu sync.RWMutex
 }
 
 // entry is one machine and its lifecycle state.
@@ -112,6 +122,8 @@ func (mg *Manager) Create(ctx context.Context, app string, req CreateRequest) (M
 	if req.LeaseTTL < 0 {
 		return Machine{}, pier.Errorf(pier.Invalid, "invalid lease_ttl: must not be negative")
 	}
+	mg.imagesMu.RLock()
+	defer mg.imagesMu.RUnlock()
 	img, err := mg.images.Resolve(ctx, req.Config.Image)
 	if err != nil {
 		return Machine{}, err
@@ -600,8 +612,10 @@ func (mg *Manager) Update(ctx context.Context, app, id, nonce string, cfg Config
 	if err := cfg.normalize(); err != nil {
 		return Machine{}, err
 	}
+	mg.imagesMu.RLock()
 	img, err := mg.images.Resolve(ctx, cfg.Image)
 	if err != nil {
+		mg.imagesMu.RUnlock()
 		return Machine{}, err
 	}
 	e.mu.Lock()
@@ -609,6 +623,7 @@ func (mg *Manager) Update(ctx context.Context, app, id, nonce string, cfg Config
 	e.m.Config, e.m.ImageRef, e.m.InstanceID = cfg, ImageRef{Ref: img.Ref, Digest: img.Digest}, newInstanceID()
 	e.event("update", e.m.State, "user", nil)
 	e.mu.Unlock()
+	mg.imagesMu.RUnlock()
 	mg.persist(ctx, e)
 	if wasRunning {
 		if err := mg.stopAndWait(ctx, e, mg.StopTimeout); err != nil {
@@ -688,7 +703,31 @@ func (mg *Manager) Destroy(ctx context.Context, app, id string, force bool, nonc
 	e.event("destroy", StateDestroyed, "user", nil)
 	e.setState(StateDestroyed)
 	e.mu.Unlock()
+	go mg.collect()
 	return nil
+}
+
+// collect removes unpacked images that no machine uses any more.
+func (mg *Manager) collect() {
+	c, ok := mg.images.(collector)
+	if !ok {
+		return
+	}
+	mg.imagesMu.Lock()
+	defer mg.imagesMu.Unlock()
+	inUse := map[string]bool{}
+	mg.mu.Lock()
+	for _, e := range mg.ms {
+		e.mu.Lock()
+		inUse[e.m.ImageRef.Digest] = true
+		e.mu.Unlock()
+	}
+	mg.mu.Unlock()
+	if n, err := c.GC(context.Background(), inUse); err != nil {
+		mg.log.Error("collect unused images", "err", err)
+	} else if n > 0 {
+		mg.log.Info("removed unused images", "count", n)
+	}
 }
 
 // Shutdown stops every machine's process (the server is exiting); their

@@ -453,3 +453,44 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// gcImages records garbage collections.
+type gcImages struct {
+	fakeImages
+	mu   sync.Mutex
+	runs []map[string]bool
+}
+
+func (g *gcImages) GC(ctx context.Context, inUse map[string]bool) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.runs = append(g.runs, inUse)
+	return 0, nil
+}
+
+func TestDestroyCollectsUnusedImages(t *testing.T) {
+	h := newHarness(t)
+	imgs := &gcImages{}
+	h.mg.images = imgs
+	a := h.create(t, Config{Image: "img"})
+	b := h.create(t, Config{Image: "img"})
+	h.wait(t, a.ID, StateStarted)
+	if err := h.mg.Destroy(context.Background(), "sbx", a.ID, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		imgs.mu.Lock()
+		n := len(imgs.runs)
+		imgs.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	imgs.mu.Lock()
+	defer imgs.mu.Unlock()
+	if len(imgs.runs) != 1 || !imgs.runs[0]["sha256:abc"] {
+		t.Fatalf("GC runs = %v; the image of %s is still in use", imgs.runs, b.ID)
+	}
+}

@@ -51,3 +51,8 @@ func (i images) Resolve(ctx context.Context, ref string) (machines.Image, error)
 	return machines.Image{Ref: img.Ref, Digest: img.Digest, Rootfs: img.Rootfs, Entrypoint: c.Entrypoint, Cmd: c.Cmd,
 		Env: c.Env, WorkDir: c.WorkingDir, User: c.User}, nil
 }
+
+// GC removes unpacked images whose digests are not in use.
+func (i images) GC(ctx context.Context, inUse map[string]bool) (int, error) {
+	return i.store.GC(ctx, inUse)
+}
