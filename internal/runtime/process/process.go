@@ -4,12 +4,10 @@
 package process
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -76,33 +74,11 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	// (Cleanup catches the rest on the next start).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
-	// Our own pipes, not cmd.StdoutPipe: Wait must not hang on a grandchild
-	// holding the pipe, and output must be read until the last writer is gone.
-	outR, outW, err := os.Pipe()
+	copies, err := runtime.StartWithOutput(cmd, spec.Stdout, spec.Stderr)
 	if err != nil {
-		return nil, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	if err := cmd.Start(); err != nil {
-		outR.Close()
-		outW.Close()
-		errR.Close()
-		errW.Close()
 		return nil, fmt.Errorf("start %s: %w", spec.Command[0], err)
 	}
-	outW.Close()
-	errW.Close()
 	p := &proc{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), done: make(chan struct{})}
-	var copies sync.WaitGroup
-	copies.Add(2)
-	go func() { defer copies.Done(); copyLines(spec.Stdout, outR) }()
-	go func() { defer copies.Done(); copyLines(spec.Stderr, errR) }()
 	go func() {
 		err := cmd.Wait()
 		// The main process is gone; take the rest of its group with it so
@@ -113,16 +89,6 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 		close(p.done)
 	}()
 	return p, nil
-}
-
-func copyLines(w io.Writer, r *os.File) {
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		w.Write(append(sc.Bytes(), '\n'))
-	}
-	io.Copy(io.Discard, r) // a line over 1 MiB: drain so the writer is not blocked
 }
 
 func exitOf(cmd *exec.Cmd, err error) runtime.Exit {

@@ -12,13 +12,11 @@
 package runc
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -335,38 +333,17 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	// the server dies, runc goes too (the machine itself survives until
 	// Cleanup; nothing could read its output any more).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// Our own pipes, handed to runc and through it to the machine's
-	// processes (no terminal): output is read until the last process
-	// holding them is gone.
-	outR, outW, err := os.Pipe()
+	// Output pipes handed to runc and through it to the machine's
+	// processes (no terminal).
+	copies, err := runtime.StartWithOutput(cmd, spec.Stdout, spec.Stderr)
 	if err != nil {
-		return nil, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	if err := cmd.Start(); err != nil {
-		outR.Close()
-		outW.Close()
-		errR.Close()
-		errW.Close()
 		return nil, fmt.Errorf("run %s: %w", d.cfg.Runc, err)
 	}
-	outW.Close()
-	errW.Close()
 	handedOff = true
 
 	p := &proc{d: d, id: id, log: log, addr: net.JoinHostPort(addr.String(), strconv.Itoa(port)),
 		exited: make(chan struct{}), done: make(chan struct{})}
-	var copies sync.WaitGroup
-	copies.Add(2)
-	go func() { defer copies.Done(); copyLines(orDiscard(spec.Stdout), outR) }()
-	go func() { defer copies.Done(); copyLines(orDiscard(spec.Stderr), errR) }()
-	go p.wait(cmd, &copies, addr)
+	go p.wait(cmd, copies, addr)
 
 	pid, err := waitPidFile(ctx, pidFile, p.exited)
 	if err != nil {
@@ -386,13 +363,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	p.pid = pid
 	log.Debug("machine started", "addr", p.addr, "pid", pid)
 	return p, nil
-}
-
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
 }
 
 func (d *Driver) forget(id string) {
@@ -422,16 +392,6 @@ func waitPidFile(ctx context.Context, path string, exited <-chan struct{}) (int,
 		}
 		delay = min(2*delay, 2*time.Millisecond)
 	}
-}
-
-func copyLines(w io.Writer, r *os.File) {
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		w.Write(append(sc.Bytes(), '\n'))
-	}
-	io.Copy(io.Discard, r) // a line over 1 MiB: drain so the writer is not blocked
 }
 
 // cgroupPath is the machine's cgroup, absolute: under /pier in each
