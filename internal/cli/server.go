@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/pier-dev/pier/internal/server"
 	"github.com/spf13/cobra"
@@ -46,6 +47,7 @@ with Ctrl-C or SIGTERM: traffic drains and every machine stops.`,
 	f.StringVar(&c.Runtime, "runtime", "auto", "where apps and machines run: auto (isolated under runc when root with runc installed), runc (required) or process (apps as host processes, no machines API)")
 	f.StringVar(&c.Subnet, "subnet", "100.96.0.0/16", "address range of machines (runc runtime)")
 	f.StringVar(&c.Bridge, "bridge", "pier0", "Linux bridge machines attach to (runc runtime)")
+	f.DurationVar(&c.MachineIdleTimeout, "machine-idle-timeout", 5*time.Minute, "how long an app without traffic keeps machines whose service has autostop")
 	f.BoolVar(&debug, "debug", false, "log debug detail")
 	return cmd
 }

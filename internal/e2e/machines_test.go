@@ -128,7 +128,7 @@ func TestMachinesAPI(t *testing.T) {
 	ref := busyboxImage(t)
 	net3 := freeSubnet(t)
 	bridge := fmt.Sprintf("pe2e%d", net3)
-	s := startServerWith(t, "--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", net3))
+	s := startServerWith(t, "--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", net3), "--machine-idle-timeout", "2s")
 	s.mustPier("apps", "create", "sbx")
 	base := "/v1/apps/sbx/machines"
 
@@ -201,6 +201,34 @@ func TestMachinesAPI(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("services through the edge proxy", func(t *testing.T) {
+		s.mustGet("sbx", "/", "hello from a machine")
+	})
+
+	t.Run("scale to zero", func(t *testing.T) {
+		s.mustPier("apps", "create", "lazy")
+		var m apiMachine
+		code := s.apiCall("POST", "/v1/apps/lazy/machines", map[string]any{"config": map[string]any{"image": ref, "guest": map[string]any{"memory_mb": 64},
+			"services": []map[string]any{{"internal_port": 8080, "autostop": "stop", "autostart": true}}}}, &m)
+		if code != 200 {
+			t.Fatalf("create = %d %s", code, m.Error)
+		}
+		s.mustGet("lazy", "/", "hello from a machine")
+		var out map[string]any
+		if code := s.apiCall("GET", "/v1/apps/lazy/machines/"+m.ID+"/wait?state=stopped&timeout=30", nil, &out); code != 200 {
+			t.Fatalf("idle machine did not stop: %d %v", code, out)
+		}
+		begin := time.Now()
+		s.mustGet("lazy", "/", "hello from a machine") // wakes it
+		t.Logf("cold start of a stopped machine through the proxy: %s", time.Since(begin))
+		var got apiMachine
+		s.apiCall("GET", "/v1/apps/lazy/machines/"+m.ID, nil, &got)
+		if got.State != "started" {
+			t.Errorf("after the request the machine is %s", got.State)
+		}
+		s.apiCall("DELETE", "/v1/apps/lazy/machines/"+m.ID+"?force=true", nil, nil)
 	})
 
 	t.Run("isolation", func(t *testing.T) {

@@ -60,6 +60,11 @@ type Manager struct {
 	// StopTimeout is how long a stop waits after the signal before SIGKILL
 	// when the request names no timeout.
 	StopTimeout time.Duration
+	// Router, when set, routes the app's traffic to machines with services.
+	Router Router
+	// IdleTimeout is how long an app goes without traffic before its
+	// machines whose service autostops are stopped.
+	IdleTimeout time.Duration
 
 	closing atomic.Bool // the server is shutting down: exits are not the machines' doing
 	mu      sync.Mutex
@@ -84,7 +89,7 @@ type entry struct {
 // New returns a Manager. driver may be nil when no isolating runtime is
 // available: every call that would run something then says so.
 func New(driver Driver, images Images, store Persister, hub *logs.Hub, log *slog.Logger) *Manager {
-	return &Manager{driver: driver, images: images, store: store, logs: hub, log: log, StopTimeout: 10 * time.Second, ms: map[string]*entry{}}
+	return &Manager{driver: driver, images: images, store: store, logs: hub, log: log, StopTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, ms: map[string]*entry{}}
 }
 
 var errNoRuntime = pier.Errorf(pier.Unavailable, "machines need an isolating runtime: run `pier server` as root with runc installed (apt-get install runc)")
@@ -344,7 +349,19 @@ func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
 			proc.Signal(syscall.SIGKILL)
 		}
 		mg.persist(context.Background(), e)
+		exited := make(chan struct{})
+		e.mu.Lock()
+		addr, routed := serviceAddr(e.m)
+		e.mu.Unlock()
+		routed = routed && mg.Router != nil
+		if routed {
+			go mg.routeWhenUp(m.App, m.ID, addr, exited)
+		}
 		exit := proc.Wait()
+		close(exited)
+		if routed {
+			mg.Router.Remove(m.App, m.ID)
+		}
 		if mg.closing.Load() {
 			e.mu.Lock()
 			e.proc = nil

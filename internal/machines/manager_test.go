@@ -494,3 +494,35 @@ func TestDestroyCollectsUnusedImages(t *testing.T) {
 		t.Fatalf("GC runs = %v; the image of %s is still in use", imgs.runs, b.ID)
 	}
 }
+
+func TestServiceAutostopAndWake(t *testing.T) {
+	h := newHarness(t)
+	h.mg.IdleTimeout = 50 * time.Millisecond
+	lazy := h.create(t, Config{Image: "img", Services: []Service{{InternalPort: 8080, Autostop: "stop"}}})
+	busy := h.create(t, Config{Image: "img", Services: []Service{{InternalPort: 8080}}})
+	h.wait(t, lazy.ID, StateStarted)
+	h.wait(t, busy.ID, StateStarted)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	idle := time.Hour
+	go func() { defer close(done); h.mg.RunAutostop(ctx, 10*time.Millisecond, func(string) time.Duration { return idle }) }()
+	h.wait(t, lazy.ID, StateStopped)
+	cancel()
+	<-done
+	if got, _ := h.mg.Get("sbx", busy.ID); got.State != StateStarted {
+		t.Errorf("a machine without autostop was stopped: %s", got.State)
+	}
+	// busy is up, so a request needs no wake.
+	h.mg.Wake("sbx")
+	if got, _ := h.mg.Get("sbx", lazy.ID); got.State != StateStopped {
+		t.Errorf("wake started a machine although one serves: %s", got.State)
+	}
+	h.mg.Stop(context.Background(), "sbx", busy.ID, "", StopRequest{})
+	h.wait(t, busy.ID, StateStopped)
+	h.mg.Wake("sbx")
+	if _, err := h.mg.Wait(context.Background(), "sbx", lazy.ID, StateStarted, "5"); err != nil {
+		if _, err2 := h.mg.Wait(context.Background(), "sbx", busy.ID, StateStarted, "1"); err2 != nil {
+			t.Fatalf("wake started no machine: %v", err)
+		}
+	}
+}

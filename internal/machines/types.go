@@ -197,6 +197,9 @@ func (c *Config) normalize() error {
 		if _, err := autostop(s.Autostop); err != nil {
 			return bad(fmt.Sprintf("services[%d].autostop", i), "%v", err)
 		}
+		if s.MinMachinesRunning < 0 {
+			return bad(fmt.Sprintf("services[%d].min_machines_running", i), "must not be negative")
+		}
 	}
 	for name, ch := range c.Checks {
 		if ch.Type != "tcp" && ch.Type != "http" {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,6 +47,9 @@ type Config struct {
 	Runtime string
 	// Subnet and Bridge are the machines' network (runc runtime).
 	Subnet, Bridge string
+	// MachineIdleTimeout is how long an app without traffic keeps API
+	// machines whose service autostops (0: the default, 5m).
+	MachineIdleTimeout time.Duration
 	// SaveCredentials writes the CLI credentials file for the local user.
 	SaveCredentials bool
 	Log             *slog.Logger
@@ -136,11 +140,17 @@ func Run(ctx context.Context, c Config) error {
 	var mach *machines.Manager
 	if isolated != nil {
 		mach = machines.New(isolated, imgs, st, hub, log.With("component", "machines"))
+	} else {
+		mach = machines.New(nil, imgs, st, hub, log.With("component", "machines"))
+	}
+	mach.Router = edge
+	if c.MachineIdleTimeout > 0 {
+		mach.IdleTimeout = c.MachineIdleTimeout
+	}
+	if isolated != nil {
 		if err := mach.Restore(ctx, isolated); err != nil {
 			return err
 		}
-	} else {
-		mach = machines.New(nil, imgs, st, hub, log.With("component", "machines"))
 	}
 	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp")}
@@ -163,7 +173,11 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Sprintf("http://%s.%s:%d/", app, c.Domain, httpPort)
 	}
 
-	edge.Wake = plane.Wake
+	edge.Wake = func(app string) {
+		plane.Wake(app)
+		mach.Wake(app)
+	}
+
 	if err := plane.Restore(ctx, cleaner); err != nil {
 		apiLn.Close()
 		httpLn.Close()
@@ -189,7 +203,14 @@ func Run(ctx context.Context, c Config) error {
 	}
 	autostopCtx, stopAutostop := context.WithCancel(ctx)
 	autostopDone := make(chan struct{})
-	go func() { defer close(autostopDone); plane.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
+	go func() {
+		defer close(autostopDone)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); plane.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
+		go func() { defer wg.Done(); mach.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
+		wg.Wait()
+	}()
 	errs := make(chan error, 2)
 	go func() { errs <- serve(apiSrv, apiLn) }()
 	go func() { errs <- serve(httpSrv, httpLn) }()
