@@ -505,7 +505,10 @@ func TestServiceAutostopAndWake(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	idle := time.Hour
-	go func() { defer close(done); h.mg.RunAutostop(ctx, 10*time.Millisecond, func(string) time.Duration { return idle }) }()
+	go func() {
+		defer close(done)
+		h.mg.RunAutostop(ctx, 10*time.Millisecond, func(string) time.Duration { return idle })
+	}()
 	h.wait(t, lazy.ID, StateStopped)
 	cancel()
 	<-done
