@@ -231,6 +231,36 @@ func TestMachinesAPI(t *testing.T) {
 		s.apiCall("DELETE", "/v1/apps/lazy/machines/"+m.ID+"?force=true", nil, nil)
 	})
 
+	t.Run("machine from an app release", func(t *testing.T) {
+		s.mustPier("launch", copyApp(t, "go"), "--name", "gosrc", "--yes")
+		var m apiMachine
+		if code := s.apiCall("POST", base, map[string]any{"config": map[string]any{"image": "release:gosrc", "guest": map[string]any{"memory_mb": 128},
+			"env": map[string]string{"VERSION": "from-release"}}}, &m); code != 200 {
+			t.Fatalf("create from release = %d %s", code, m.Error)
+		}
+		waitState(m.ID, "started")
+		var got apiMachine
+		s.apiCall("GET", base+"/"+m.ID, nil, &got)
+		eventually(t, 10*time.Second, "release machine answers", func() error {
+			resp, err := http.Get("http://" + net.JoinHostPort(got.PrivateIP, "8080") + "/")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(b), "hello from go version=from-release") {
+				return fmt.Errorf("body %q", b)
+			}
+			return nil
+		})
+		var e apiMachine
+		if code := s.apiCall("POST", base, map[string]any{"config": map[string]any{"image": "release:gosrc:v9"}}, &e); code != 400 || !strings.Contains(e.Error, "v9") {
+			t.Errorf("unknown release version: %d %q", code, e.Error)
+		}
+		s.apiCall("DELETE", base+"/"+m.ID+"?force=true", nil, nil)
+		s.mustPier("apps", "destroy", "gosrc", "--yes") // its release machine would count below
+	})
+
 	t.Run("isolation", func(t *testing.T) {
 		hostName, _ := os.ReadFile("/etc/hostname")
 		if r := execIn(web.ID, "cat", "/etc/hostname"); strings.TrimSpace(r.Stdout) == strings.TrimSpace(string(hostName)) && len(hostName) > 0 {

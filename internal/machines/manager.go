@@ -25,6 +25,9 @@ type Image struct {
 	Entrypoint, Cmd     []string
 	Env                 []string
 	WorkDir, User       string
+	// Mounts are host paths the image needs bound in (an app release's
+	// image is the host's system directories plus the release).
+	Mounts []runtime.Mount
 }
 
 // Images resolves image references (internal/image implements it).
@@ -295,7 +298,7 @@ func (mg *Manager) spec(m Machine, img Image) (runtime.Spec, error) {
 	if len(m.Config.Services) > 0 {
 		port = m.Config.Services[0].InternalPort
 	}
-	return runtime.Spec{ID: m.ID, App: m.App, Command: cmd, Env: env, Rootfs: []string{img.Rootfs}, Files: files,
+	return runtime.Spec{ID: m.ID, App: m.App, Command: cmd, Env: env, Rootfs: []string{img.Rootfs}, Mounts: img.Mounts, Files: files,
 		WorkDir: img.WorkDir, User: img.User, Port: port,
 		Resources: runtime.Resources{CPUs: float64(m.Config.Guest.CPUs), MemoryMB: m.Config.Guest.MemoryMB, Pids: 1024}}, nil
 }

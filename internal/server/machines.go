@@ -3,14 +3,19 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/runtime/runc"
+	"github.com/pier-dev/pier/internal/store"
+	"github.com/pier-dev/pier/internal/supervisor"
 )
 
 // isolatedRuntime sets up the runc driver for machines. With mode "auto" a
@@ -32,10 +37,19 @@ func isolatedRuntime(c Config, log *slog.Logger) (*runc.Driver, error) {
 }
 
 // images adapts the image store to what the machines manager needs,
-// classifying its errors for the API.
-type images struct{ store *image.Store }
+// classifying its errors for the API. It also resolves pier's own app
+// releases, named release:APP[:vN].
+type images struct {
+	store    *image.Store
+	releases *store.Store
+	hostfs   *supervisor.HostFS // nil without an isolating runtime
+	artifact func(app, buildID string) string
+}
 
 func (i images) Resolve(ctx context.Context, ref string) (machines.Image, error) {
+	if rest, ok := strings.CutPrefix(ref, "release:"); ok {
+		return i.release(ctx, ref, rest)
+	}
 	img, err := i.store.Get(ctx, ref, io.Discard)
 	if err != nil {
 		switch {
@@ -55,4 +69,38 @@ func (i images) Resolve(ctx context.Context, ref string) (machines.Image, error)
 // GC removes unpacked images whose digests are not in use.
 func (i images) GC(ctx context.Context, inUse map[string]bool) (int, error) {
 	return i.store.GC(ctx, inUse)
+}
+
+// release resolves release:APP[:vN] (default: the app's current release).
+func (i images) release(ctx context.Context, ref, rest string) (machines.Image, error) {
+	app, version, hasVersion := strings.Cut(rest, ":")
+	if i.hostfs == nil {
+		return machines.Image{}, pier.Errorf(pier.Unavailable, "release images need the runc runtime")
+	}
+	a, err := i.releases.App(ctx, app)
+	if err != nil {
+		return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
+	}
+	v := a.Release
+	if hasVersion {
+		n, err := strconv.Atoi(strings.TrimPrefix(version, "v"))
+		if err != nil || n < 1 {
+			return machines.Image{}, pier.Errorf(pier.Invalid, "invalid config.image %q: write release:APP or release:APP:vN", ref)
+		}
+		v = n
+	}
+	if v == 0 {
+		return machines.Image{}, pier.Errorf(pier.Invalid, "invalid config.image %q: %s has no release yet (pier deploy)", ref, app)
+	}
+	rel, err := i.releases.Release(ctx, app, v)
+	if err != nil {
+		return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
+	}
+	static := rel.Builder == "static" && rel.Start == ""
+	rootfs, mounts, cmd, env, workdir, user := i.hostfs.ReleaseImage(i.artifact(app, rel.BuildID), rel.Start, static)
+	for k, val := range rel.Config.Env {
+		env = append(env, k+"="+val)
+	}
+	return machines.Image{Ref: ref, Digest: fmt.Sprintf("release:%s:v%d:%s", app, v, rel.BuildID), Rootfs: rootfs, Mounts: mounts,
+		Cmd: cmd, Env: env, WorkDir: workdir, User: user}, nil
 }

@@ -136,7 +136,8 @@ func Run(ctx context.Context, c Config) error {
 		supCfg.Driver, cleaner = pd, pd
 	}
 	sup := supervisor.New(supCfg)
-	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")}}
+	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")},
+		releases: st, hostfs: supCfg.HostFS, artifact: supCfg.Artifact}
 	var mach *machines.Manager
 	if isolated != nil {
 		mach = machines.New(isolated, imgs, st, hub, log.With("component", "machines"))

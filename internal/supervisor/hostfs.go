@@ -110,3 +110,10 @@ func (h *HostFS) isolate(spec runtime.Spec, static, deny bool) runtime.Spec {
 	spec.Env = append(env, machinePath, "HOME=/tmp")
 	return spec
 }
+
+// ReleaseImage describes a release as a machine image: the host's system
+// directories with the release at /app, run as nobody.
+func (h *HostFS) ReleaseImage(artifact, start string, static bool) (rootfs string, mounts []runtime.Mount, cmd []string, env []string, workdir, user string) {
+	spec := h.isolate(runtime.Spec{Dir: artifact, Command: []string{"/bin/sh", "-c", start}}, static, false)
+	return spec.Rootfs[0], spec.Mounts, spec.Command, spec.Env, spec.WorkDir, spec.User
+}
