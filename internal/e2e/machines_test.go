@@ -180,7 +180,9 @@ func TestMachinesAPI(t *testing.T) {
 	})
 
 	web := create(map[string]any{"image": ref, "guest": map[string]any{"cpus": 1, "memory_mb": 64},
-		"services": []map[string]any{{"internal_port": 8080}}, "metadata": map[string]string{"role": "web"}})
+		"services": []map[string]any{{"internal_port": 8080}}, "metadata": map[string]string{"role": "web"},
+		"checks": map[string]any{"index": map[string]any{"type": "http", "port": 8080, "path": "/index.html", "interval": "1s"},
+			"closed": map[string]any{"type": "tcp", "port": 9, "interval": "1s"}}})
 	waitState(web.ID, "started")
 	var got apiMachine
 	s.apiCall("GET", base+"/"+web.ID, nil, &got)
@@ -198,6 +200,20 @@ func TestMachinesAPI(t *testing.T) {
 			b, _ := io.ReadAll(resp.Body)
 			if !strings.Contains(string(b), "hello from a machine") {
 				return fmt.Errorf("body %q", b)
+			}
+			return nil
+		})
+	})
+
+	t.Run("checks", func(t *testing.T) {
+		eventually(t, 10*time.Second, "check results", func() error {
+			var m struct {
+				Checks []struct{ Name, Status string } `json:"checks"`
+			}
+			s.apiCall("GET", base+"/"+web.ID, nil, &m)
+			got := fmt.Sprint(m.Checks)
+			if got != "[{closed critical} {index passing}]" {
+				return fmt.Errorf("checks = %s", got)
 			}
 			return nil
 		})

@@ -355,10 +355,14 @@ func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
 		exited := make(chan struct{})
 		e.mu.Lock()
 		addr, routed := serviceAddr(e.m)
+		ip, checks := e.m.PrivateIP, e.m.Config.Checks
 		e.mu.Unlock()
 		routed = routed && mg.Router != nil
 		if routed {
 			go mg.routeWhenUp(m.App, m.ID, addr, exited)
+		}
+		if ip != "" && len(checks) > 0 {
+			go mg.watchChecks(e, ip, checks, exited)
 		}
 		exit := proc.Wait()
 		close(exited)

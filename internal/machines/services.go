@@ -2,7 +2,10 @@ package machines
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/http"
+	"sort"
 	"strconv"
 	"time"
 )
@@ -148,4 +151,69 @@ func (mg *Manager) RunAutostop(ctx context.Context, every time.Duration, idle fu
 			}
 		}
 	}
+}
+
+// watchChecks runs the machine's checks against its address until exited
+// is closed, recording each result in the machine's Checks.
+func (mg *Manager) watchChecks(e *entry, ip string, checks map[string]Check, exited <-chan struct{}) {
+	if len(checks) == 0 {
+		return
+	}
+	names := make([]string, 0, len(checks))
+	interval := 15 * time.Second
+	for name, c := range checks {
+		names = append(names, name)
+		if d, err := time.ParseDuration(c.Interval); err == nil && d < interval {
+			interval = d
+		}
+	}
+	sort.Strings(names)
+	for {
+		statuses := make([]CheckStatus, 0, len(names))
+		for _, name := range names {
+			st := CheckStatus{Name: name, Status: "passing"}
+			if err := runCheck(ip, checks[name]); err != nil {
+				st.Status, st.Output = "critical", err.Error()
+			}
+			statuses = append(statuses, st)
+		}
+		e.mu.Lock()
+		e.m.Checks = statuses
+		e.mu.Unlock()
+		select {
+		case <-exited:
+			e.mu.Lock()
+			e.m.Checks = nil
+			e.mu.Unlock()
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+// runCheck probes one check: a TCP connect, or an HTTP GET that must
+// answer below 400.
+func runCheck(ip string, c Check) error {
+	timeout := 2 * time.Second
+	if d, err := time.ParseDuration(c.Timeout); err == nil {
+		timeout = d
+	}
+	addr := net.JoinHostPort(ip, strconv.Itoa(c.Port))
+	if c.Type == "tcp" {
+		conn, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	client := &http.Client{Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get("http://" + addr + c.Path)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		return fmt.Errorf("GET %s: status %d", c.Path, resp.StatusCode)
+	}
+	return nil
 }
