@@ -367,6 +367,29 @@ func (s *server) token() string {
 	return strings.TrimSpace(string(b))
 }
 
+// hostService listens on every host address, loopback included, answering
+// "host-secret" to whoever connects, until the test ends; it returns the port.
+// Machines must not reach it.
+func hostService(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("HTTP/1.0 200 OK\r\n\r\nhost-secret\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
 // eventually retries f until it returns nil or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
 	t.Helper()

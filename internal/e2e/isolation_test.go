@@ -68,21 +68,7 @@ func TestAppMachinesAreIsolated(t *testing.T) {
 	}
 	// Host services, on loopback and on the bridge gateway, and the
 	// neighbour app's machine.
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := hostService(t)
 	st := s.status("neighbour")
 	gateway := st.Machines[0].Addr[:strings.LastIndex(st.Machines[0].Addr, ".")] + ".1"
 	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", s.apiPort), fmt.Sprintf("127.0.0.1:%d", port),

@@ -296,23 +296,7 @@ func TestMachinesAPI(t *testing.T) {
 		if r := execIn(web.ID, "cat", fmt.Sprintf("/proc/%d/cmdline", s.cmd.Process.Pid)); strings.Contains(r.Stdout, "pier") {
 			t.Errorf("the server's process is visible inside: %q", r.Stdout)
 		}
-		// A host service listening on every address, loopback included.
-		ln, err := net.Listen("tcp", "0.0.0.0:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("HTTP/1.0 200 OK\r\n\r\nhost-secret\n"))
-				c.Close()
-			}
-		}()
-		port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+		port := fmt.Sprint(hostService(t))
 		gateway := fmt.Sprintf("100.127.%d.1", net3)
 		for _, target := range []string{"127.0.0.1:" + port, gateway + ":" + port, fmt.Sprintf("127.0.0.1:%d", s.apiPort)} {
 			r := execIn(web.ID, "wget", "-T", "2", "-q", "-O-", "http://"+target+"/")
