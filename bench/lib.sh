@@ -1,4 +1,4 @@
-# bench/lib.sh — helpers shared by bench/proxy.sh and bench/launch.sh.
+# bench/lib.sh — helpers shared by bench/proxy.sh, bench/launch.sh and bench/machines.sh.
 # Sourced, not run. Everything here works inside one temp dir ($WORK) and
 # only ever talks to 127.0.0.1.
 
@@ -175,7 +175,9 @@ build_pier() {
 # start_pier DATA_DIR LOGFILE [VAR=VALUE...]: runs `pier server` on two free
 # loopback ports with HOME=$WORK/home (so its CLI credentials are private to
 # this run), plus the given environment (GOCACHE etc.: builds run in the
-# server's environment). Sets PIER_PID, API_PORT, HTTP_PORT.
+# server's environment) and the extra server flags in PIER_SERVER_ARGS.
+# Sets PIER_PID, API_PORT, HTTP_PORT.
+PIER_SERVER_ARGS=()
 start_pier() {
 	local data=$1 logf=$2 try
 	shift 2
@@ -183,7 +185,7 @@ start_pier() {
 	for try in 1 2 3; do
 		free_port API_PORT
 		free_port HTTP_PORT
-		env HOME="$WORK/home" "$@" "$PIER" server --data-dir "$data" \
+		env HOME="$WORK/home" "$@" "$PIER" server --data-dir "$data" "${PIER_SERVER_ARGS[@]}" \
 			--api-addr "127.0.0.1:$API_PORT" --http-addr "127.0.0.1:$HTTP_PORT" >"$logf" 2>&1 &
 		PIER_PID=$!
 		PIDS+=("$PIER_PID")
