@@ -68,6 +68,10 @@ type Manager struct {
 	// IdleTimeout is how long an app goes without traffic before its
 	// machines whose service autostops are stopped.
 	IdleTimeout time.Duration
+	// ImageGrace is how long an unpacked image no machine uses is kept, so
+	// destroying and creating machines of one image does not unpack it
+	// again every time.
+	ImageGrace time.Duration
 
 	closing atomic.Bool // the server is shutting down: exits are not the machines' doing
 	mu      sync.Mutex
@@ -76,6 +80,7 @@ type Manager struct {
 	// using it is in ms, and for writing by garbage collection, so a fresh
 	// image is never collected before its machine is known.
 	imagesMu sync.RWMutex
+	released map[string]time.Time // image digest -> when a machine last stopped using it; under imagesMu
 }
 
 // entry is one machine and its lifecycle state.
@@ -92,7 +97,8 @@ type entry struct {
 // New returns a Manager. driver may be nil when no isolating runtime is
 // available: every call that would run something then says so.
 func New(driver Driver, images Images, store Persister, hub *logs.Hub, log *slog.Logger) *Manager {
-	return &Manager{driver: driver, images: images, store: store, logs: hub, log: log, StopTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, ms: map[string]*entry{}}
+	return &Manager{driver: driver, images: images, store: store, logs: hub, log: log, StopTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
+		ImageGrace: 10 * time.Minute, ms: map[string]*entry{}, released: map[string]time.Time{}}
 }
 
 var errNoRuntime = pier.Errorf(pier.Unavailable, "machines need an isolating runtime: run `pier server` as root with runc installed (apt-get install runc)")
@@ -671,13 +677,19 @@ func (mg *Manager) stopAndWait(ctx context.Context, e *entry, grace time.Duratio
 		e.setState(StateStopping)
 	}
 	e.mu.Unlock()
-	if proc != nil {
-		proc.Signal(syscall.SIGTERM)
-	}
-	select {
-	case <-running:
-		return nil
-	case <-time.After(grace):
+	if grace == 0 { // forced: no polite signal first
+		if proc != nil {
+			proc.Signal(syscall.SIGKILL)
+		}
+	} else {
+		if proc != nil {
+			proc.Signal(syscall.SIGTERM)
+		}
+		select {
+		case <-running:
+			return nil
+		case <-time.After(grace):
+		}
 	}
 	e.mu.Lock()
 	proc = e.proc
@@ -726,8 +738,12 @@ func (mg *Manager) Destroy(ctx context.Context, app, id string, force bool, nonc
 	e.mu.Lock()
 	e.event("destroy", StateDestroyed, "user", nil)
 	e.setState(StateDestroyed)
+	digest := e.m.ImageRef.Digest
 	e.mu.Unlock()
-	go mg.collect()
+	mg.imagesMu.Lock()
+	mg.released[digest] = time.Now()
+	mg.imagesMu.Unlock()
+	time.AfterFunc(mg.ImageGrace+time.Second, mg.collect) // past the grace, so this image can go
 	return nil
 }
 
@@ -740,6 +756,13 @@ func (mg *Manager) collect() {
 	mg.imagesMu.Lock()
 	defer mg.imagesMu.Unlock()
 	inUse := map[string]bool{}
+	for d, at := range mg.released {
+		if time.Since(at) < mg.ImageGrace {
+			inUse[d] = true
+		} else {
+			delete(mg.released, d)
+		}
+	}
 	mg.mu.Lock()
 	for _, e := range mg.ms {
 		e.mu.Lock()

@@ -472,6 +472,7 @@ func TestDestroyCollectsUnusedImages(t *testing.T) {
 	h := newHarness(t)
 	imgs := &gcImages{}
 	h.mg.images = imgs
+	h.mg.ImageGrace = 100 * time.Millisecond
 	a := h.create(t, Config{Image: "img"})
 	b := h.create(t, Config{Image: "img"})
 	h.wait(t, a.ID, StateStarted)
@@ -489,9 +490,28 @@ func TestDestroyCollectsUnusedImages(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	imgs.mu.Lock()
-	defer imgs.mu.Unlock()
 	if len(imgs.runs) != 1 || !imgs.runs[0]["sha256:abc"] {
 		t.Fatalf("GC runs = %v; the image of %s is still in use", imgs.runs, b.ID)
+	}
+	imgs.mu.Unlock()
+	// Once the last machine is gone, the image goes after the grace period.
+	if err := h.mg.Destroy(context.Background(), "sbx", b.ID, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		imgs.mu.Lock()
+		n := len(imgs.runs)
+		imgs.mu.Unlock()
+		if n > 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	imgs.mu.Lock()
+	defer imgs.mu.Unlock()
+	if len(imgs.runs) != 2 || imgs.runs[1]["sha256:abc"] {
+		t.Fatalf("GC runs = %v; want the unused image collected after the grace", imgs.runs)
 	}
 }
 

@@ -408,7 +408,18 @@ func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error
 		found = true
 		// -f kills whatever still runs (a runc killed with the server
 		// leaves its machine running) and removes the cgroups.
-		out, derr := exec.CommandContext(ctx, d.cfg.Runc, "--root", d.root, "delete", "-f", id).CombinedOutput()
+		// A `runc kill --all` still under way freezes the container while
+		// it signals, and delete then fails ("invalid state transition
+		// from stopped to paused"): try again once it has let go.
+		var out []byte
+		var derr error
+		for attempt := range 5 {
+			out, derr = exec.CommandContext(ctx, d.cfg.Runc, "--root", d.root, "delete", "-f", id).CombinedOutput()
+			if derr == nil || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
+		}
 		if derr != nil {
 			errs = append(errs, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out)))
 		}
