@@ -38,6 +38,10 @@ build_pier # with the caller's cache: building pier is not what we measure
 # sample has no dependencies. GOFLAGS is cleared so a caller's -mod=... etc.
 # cannot change what is built.
 mkdir -p "$WORK/gocache" "$WORK/gomodcache"
+# The app runs as a host process on loopback, so every proxy reaches the
+# same upstream the same way (runc machines are measured in machines.sh).
+# shellcheck disable=SC2034 # start_pier (lib.sh) passes these to pier server
+PIER_SERVER_ARGS=(--runtime process)
 start_pier "$WORK/data" "$WORK/pier-server.log" \
 	GOCACHE="$WORK/gocache" GOMODCACHE="$WORK/gomodcache" GOFLAGS=
 log "pier server pid $PIER_PID, proxy on 127.0.0.1:$HTTP_PORT, GOCACHE $WORK/gocache (empty)"

@@ -68,6 +68,10 @@ log "Machine"
 build_pier
 # Builds run in the server's environment: hand it the real Go caches so the
 # app's build is warm (build speed is bench/launch.sh's business).
+# The app runs as a host process on loopback, so every proxy reaches the
+# same upstream the same way (runc machines are measured in machines.sh).
+# shellcheck disable=SC2034 # start_pier (lib.sh) passes these to pier server
+PIER_SERVER_ARGS=(--runtime process)
 start_pier "$WORK/data" "$WORK/pier-server.log" \
 	GOCACHE="$(go env GOCACHE)" GOMODCACHE="$(go env GOMODCACHE)"
 log "pier server pid $PIER_PID, proxy on 127.0.0.1:$HTTP_PORT"

@@ -24,7 +24,7 @@ var versionRE = regexp.MustCompile(`version=(\S+)`)
 // redeployed twice and rolled back once: every request must succeed, and the
 // version served must change.
 func TestZeroDowntimeDeploys(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
 		s := start(t)
 		dir := copyApp(t, "go")
 		const app = "zdt"
@@ -127,7 +127,7 @@ func TestZeroDowntimeDeploys(t *testing.T) {
 // become healthy: the deploy fails with a clear message and the previous
 // release keeps serving.
 func TestFailedReleaseKeepsServing(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
 		s := start(t)
 		dir := copyApp(t, "go")
 		const app = "fail"
@@ -171,7 +171,7 @@ func TestFailedReleaseKeepsServing(t *testing.T) {
 // TestCrashedMachineComesBack kills a machine with SIGKILL; the supervisor
 // must bring it back and the app must serve again within seconds.
 func TestCrashedMachineComesBack(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
 		s := start(t)
 		dir := copyApp(t, "python")
 		need(t, "python3")
@@ -204,7 +204,7 @@ func TestCrashedMachineComesBack(t *testing.T) {
 // TestScaleToZero launches an app that stops when idle: its machines stop
 // after the idle timeout, and the next request starts one and is served.
 func TestScaleToZero(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
 		s := start(t)
 		dir := copyApp(t, "go")
 		setVersion(t, dir, "sleepy", "z", "[http_service]\nauto_stop_machines = \"stop\"\nidle_timeout = \"2s\"\n")

@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 }
 
 // need skips (or, in CI, fails) a test whose tool is missing.
-func need(t *testing.T, tools ...string) {
+func need(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -57,7 +57,7 @@ func need(t *testing.T, tools ...string) {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,7 +69,7 @@ func freePort(t *testing.T) int {
 
 // server is one running `pier server` with its own data dir and HOME.
 type server struct {
-	t        *testing.T
+	t        testing.TB
 	root     string // temp dir holding data/ and home/
 	dataDir  string
 	home     string
@@ -87,7 +87,10 @@ func startServer(t *testing.T) *server {
 	return startServerWith(t, "--runtime", "process")
 }
 
-func startServerWith(t *testing.T, flags ...string) *server {
+// startProcessServer is startServer for benchmarks too.
+func startProcessServer(t testing.TB) *server { return startServerWith(t, "--runtime", "process") }
+
+func startServerWith(t testing.TB, flags ...string) *server {
 	t.Helper()
 	root := t.TempDir()
 	s := &server{t: t, root: root, dataDir: filepath.Join(root, "data"), home: filepath.Join(root, "home"),
@@ -195,15 +198,41 @@ func (s *server) running() int {
 
 // startRuncServer starts a server whose apps and machines run under runc,
 // on a bridge and /24 of its own.
-func startRuncServer(t *testing.T) *server {
+func startRuncServer(t testing.TB) *server {
 	t.Helper()
 	needRunc(t)
 	n := freeSubnet(t)
-	return startServerWith(t, "--runtime", "runc", "--bridge", fmt.Sprintf("pe2e%d", n), "--subnet", fmt.Sprintf("100.127.%d.0/24", n))
+	bridge := fmt.Sprintf("pe2e%d", n)
+	// Registered before the server's own cleanup, so it runs after it: the
+	// server keeps its bridge and firewall chains across restarts on
+	// purpose, but a test's are of no further use.
+	t.Cleanup(func() { removeBridge(t, bridge) })
+	return startServerWith(t, "--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n))
+}
+
+// removeBridge deletes a bridge and the firewall chains pier made for it.
+func removeBridge(t testing.TB, bridge string) {
+	for _, hook := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"nat", "POSTROUTING"}} {
+		rules, _ := exec.Command("iptables", "-w", "-t", hook[0], "-S", hook[1]).Output()
+		for _, rule := range strings.Split(string(rules), "\n") {
+			if f := strings.Fields(rule); len(f) > 2 && strings.HasSuffix(rule, "-"+bridge) && strings.Contains(rule, "-j PIER-") {
+				f[0] = "-D"
+				exec.Command("iptables", append([]string{"-w", "-t", hook[0]}, f...)...).Run()
+			}
+		}
+	}
+	for _, chain := range [][2]string{{"filter", "PIER-IN-" + bridge}, {"filter", "PIER-FWD-" + bridge}, {"nat", "PIER-NAT-" + bridge}} {
+		exec.Command("iptables", "-w", "-t", chain[0], "-F", chain[1]).Run()
+		exec.Command("iptables", "-w", "-t", chain[0], "-X", chain[1]).Run()
+	}
+	exec.Command("ip", "link", "del", bridge).Run()
+	if out, _ := exec.Command("ip", "link", "show", bridge).CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+		t.Errorf("bridge %s left behind: %s", bridge, out)
+	}
 }
 
 // needRunc skips (or, in CI, fails) a test that needs the runc runtime.
-func needRunc(t *testing.T) {
+func needRunc(t testing.TB) {
 	t.Helper()
 	need(t, "runc", "iptables")
 	if os.Geteuid() != 0 {
@@ -215,7 +244,7 @@ func needRunc(t *testing.T) {
 }
 
 // freeSubnet picks N such that 100.127.N.0/24 is not routed on the host.
-func freeSubnet(t *testing.T) int {
+func freeSubnet(t testing.TB) int {
 	t.Helper()
 	routes, err := exec.Command("ip", "-o", "route").Output()
 	if err != nil {
@@ -233,8 +262,8 @@ func freeSubnet(t *testing.T) int {
 
 // forEachRuntime runs body against a server of each app runtime: host
 // processes, and isolated runc machines.
-func forEachRuntime(t *testing.T, body func(t *testing.T, start func(*testing.T) *server)) {
-	t.Run("process", func(t *testing.T) { body(t, startServer) })
+func forEachRuntime(t *testing.T, body func(t *testing.T, start func(testing.TB) *server)) {
+	t.Run("process", func(t *testing.T) { body(t, startProcessServer) })
 	t.Run("runc", func(t *testing.T) { body(t, startRuncServer) })
 }
 
@@ -324,7 +353,7 @@ func (s *server) mustGet(app, path, want string) string {
 }
 
 // copyApp copies a sample app from testdata into a fresh directory.
-func copyApp(t *testing.T, name string) string {
+func copyApp(t testing.TB, name string) string {
 	t.Helper()
 	dst := filepath.Join(t.TempDir(), name)
 	src := filepath.Join("..", "..", "testdata", "apps", name)
@@ -334,7 +363,7 @@ func copyApp(t *testing.T, name string) string {
 	return dst
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
@@ -370,7 +399,7 @@ func (s *server) token() string {
 // hostService listens on every host address, loopback included, answering
 // "host-secret" to whoever connects, until the test ends; it returns the port.
 // Machines must not reach it.
-func hostService(t *testing.T) int {
+func hostService(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "0.0.0.0:0")
 	if err != nil {
@@ -391,7 +420,7 @@ func hostService(t *testing.T) int {
 }
 
 // eventually retries f until it returns nil or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var err error

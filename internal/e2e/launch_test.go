@@ -10,7 +10,7 @@ import (
 // TestLaunchEveryBuilder launches one sample app per builder and checks each
 // answers through the edge proxy.
 func TestLaunchEveryBuilder(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
 		s := start(t)
 		tests := []struct {
 			sample, builder, want string

@@ -128,6 +128,7 @@ func TestMachinesAPI(t *testing.T) {
 	ref := busyboxImage(t)
 	net3 := freeSubnet(t)
 	bridge := fmt.Sprintf("pe2e%d", net3)
+	t.Cleanup(func() { removeBridge(t, bridge) })
 	s := startServerWith(t, "--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", net3), "--machine-idle-timeout", "2s")
 	s.mustPier("apps", "create", "sbx")
 	base := "/v1/apps/sbx/machines"

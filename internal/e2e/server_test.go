@@ -18,7 +18,7 @@ import (
 // gracefully and with kill -9: state is intact, apps are served again, and
 // no machine process is left over or duplicated.
 func TestServerRestartKeepsEverything(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, start func(*testing.T) *server) {
+	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
 		s := start(t)
 		dir := copyApp(t, "go")
 		setVersion(t, dir, "keep", "v-one", "")

@@ -165,7 +165,8 @@ func (m *machine) watchHealth(addr string, checking chan struct{}) {
 		}
 	}()
 	fails := 0
-	interval := 50 * time.Millisecond
+	// Probe often at first: a cold start (scale to zero, deploys) waits on it.
+	interval := 10 * time.Millisecond
 	for {
 		err := probeAll(ctx, addr, checks)
 		if ctx.Err() != nil {
