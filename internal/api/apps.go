@@ -70,7 +70,18 @@ func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) destroyApp(w http.ResponseWriter, r *http.Request) {
-	if err := s.Plane.DestroyApp(r.Context(), r.PathValue("app")); err != nil {
+	app := r.PathValue("app")
+	if _, err := s.Plane.Store.App(r.Context(), app); err != nil {
+		writeError(w, err, s.Log)
+		return
+	}
+	if s.Machines != nil {
+		if err := s.Machines.DestroyAll(r.Context(), app); err != nil {
+			writeError(w, err, s.Log)
+			return
+		}
+	}
+	if err := s.Plane.DestroyApp(r.Context(), app); err != nil {
 		writeError(w, err, s.Log)
 		return
 	}

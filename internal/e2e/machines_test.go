@@ -245,7 +245,11 @@ func TestMachinesAPI(t *testing.T) {
 		if got.State != "started" {
 			t.Errorf("after the request the machine is %s", got.State)
 		}
-		s.apiCall("DELETE", "/v1/apps/lazy/machines/"+m.ID+"?force=true", nil, nil)
+		// Destroying the app takes its machines with it.
+		s.mustPier("apps", "destroy", "lazy", "--yes")
+		if code := s.apiCall("GET", "/v1/apps/lazy/machines/"+m.ID, nil, nil); code != 404 {
+			t.Errorf("machine of a destroyed app: %d", code)
+		}
 	})
 
 	t.Run("machine from an app release", func(t *testing.T) {

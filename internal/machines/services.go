@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/pier-dev/pier/internal/pier"
 )
 
 // Router is the part of the edge proxy that machines with services join:
@@ -214,6 +216,17 @@ func runCheck(ip string, c Check) error {
 	resp.Body.Close()
 	if resp.StatusCode >= 400 {
 		return fmt.Errorf("GET %s: status %d", c.Path, resp.StatusCode)
+	}
+	return nil
+}
+
+// DestroyAll destroys every machine of app, leased or not: the app itself
+// is going away.
+func (mg *Manager) DestroyAll(ctx context.Context, app string) error {
+	for _, m := range mg.List(app, nil) {
+		if err := mg.Destroy(ctx, app, m.ID, true, mg.leaseOf(m.ID)); err != nil && pier.KindOf(err) != pier.NotFound {
+			return fmt.Errorf("destroy machine %s: %w", m.ID, err)
+		}
 	}
 	return nil
 }

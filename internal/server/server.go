@@ -138,20 +138,14 @@ func Run(ctx context.Context, c Config) error {
 	sup := supervisor.New(supCfg)
 	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")},
 		releases: st, hostfs: supCfg.HostFS, artifact: supCfg.Artifact}
-	var mach *machines.Manager
+	var machDriver machines.Driver // a nil interface (not a nil *runc.Driver) without runc
 	if isolated != nil {
-		mach = machines.New(isolated, imgs, st, hub, log.With("component", "machines"))
-	} else {
-		mach = machines.New(nil, imgs, st, hub, log.With("component", "machines"))
+		machDriver = isolated
 	}
+	mach := machines.New(machDriver, imgs, st, hub, log.With("component", "machines"))
 	mach.Router = edge
 	if c.MachineIdleTimeout > 0 {
 		mach.IdleTimeout = c.MachineIdleTimeout
-	}
-	if isolated != nil {
-		if err := mach.Restore(ctx, isolated); err != nil {
-			return err
-		}
 	}
 	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp")}
@@ -182,7 +176,17 @@ func Run(ctx context.Context, c Config) error {
 	if err := plane.Restore(ctx, cleaner); err != nil {
 		apiLn.Close()
 		httpLn.Close()
+		sup.Shutdown(0)
 		return fmt.Errorf("restore apps: %w", err)
+	}
+	if isolated != nil {
+		if err := mach.Restore(ctx, isolated); err != nil {
+			apiLn.Close()
+			httpLn.Close()
+			sup.Shutdown(0)
+			mach.Shutdown(0)
+			return fmt.Errorf("restore machines: %w", err)
+		}
 	}
 	apiSrv := &http.Server{
 		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}).Handler(),
