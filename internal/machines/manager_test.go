@@ -468,6 +468,20 @@ func (g *gcImages) GC(ctx context.Context, inUse map[string]bool) (int, error) {
 	return 0, nil
 }
 
+// waitRuns waits (bounded) until n collections ran and returns them all.
+func (g *gcImages) waitRuns(n int) []map[string]bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g.mu.Lock()
+		runs := append([]map[string]bool(nil), g.runs...)
+		g.mu.Unlock()
+		if len(runs) >= n || time.Now().After(deadline) {
+			return runs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestDestroyCollectsUnusedImages(t *testing.T) {
 	h := newHarness(t)
 	imgs := &gcImages{}
@@ -479,39 +493,16 @@ func TestDestroyCollectsUnusedImages(t *testing.T) {
 	if err := h.mg.Destroy(context.Background(), "sbx", a.ID, true, ""); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		imgs.mu.Lock()
-		n := len(imgs.runs)
-		imgs.mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	runs := imgs.waitRuns(1)
+	if len(runs) != 1 || !runs[0]["sha256:abc"] {
+		t.Fatalf("GC runs = %v; the image of %s is still in use", runs, b.ID)
 	}
-	imgs.mu.Lock()
-	if len(imgs.runs) != 1 || !imgs.runs[0]["sha256:abc"] {
-		t.Fatalf("GC runs = %v; the image of %s is still in use", imgs.runs, b.ID)
-	}
-	imgs.mu.Unlock()
 	// Once the last machine is gone, the image goes after the grace period.
 	if err := h.mg.Destroy(context.Background(), "sbx", b.ID, true, ""); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		imgs.mu.Lock()
-		n := len(imgs.runs)
-		imgs.mu.Unlock()
-		if n > 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	imgs.mu.Lock()
-	defer imgs.mu.Unlock()
-	if len(imgs.runs) != 2 || imgs.runs[1]["sha256:abc"] {
-		t.Fatalf("GC runs = %v; want the unused image collected after the grace", imgs.runs)
+	if runs = imgs.waitRuns(2); len(runs) != 2 || runs[1]["sha256:abc"] {
+		t.Fatalf("GC runs = %v; want the unused image collected after the grace", runs)
 	}
 }
 
