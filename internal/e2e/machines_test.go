@@ -358,6 +358,19 @@ func TestMachinesAPI(t *testing.T) {
 		if code := s.apiCall("POST", base+"/"+web.ID+"/lease", map[string]any{"ttl": 60}, nil); code != 409 {
 			t.Errorf("second lease = %d, want 409", code)
 		}
+		var shown struct {
+			Data struct {
+				Nonce       string `json:"nonce"`
+				Description string `json:"description"`
+			} `json:"data"`
+		}
+		if code := s.apiCall("GET", base+"/"+web.ID+"/lease", nil, &shown); code != 200 || shown.Data.Nonce != "" {
+			t.Errorf("get lease = %d %+v (the nonce is the holder's alone)", code, shown)
+		}
+		var md map[string]string
+		if code := s.apiCall("GET", base+"/"+web.ID+"/metadata", nil, &md); code != 200 || md["team"] != "core" || md["role"] != "web" {
+			t.Errorf("get metadata = %d %v", code, md)
+		}
 		if code := s.apiCall("DELETE", base+"/"+web.ID+"/metadata/team", nil, nil); code != 409 {
 			t.Errorf("change without the nonce = %d, want 409", code)
 		}
@@ -381,6 +394,32 @@ func TestMachinesAPI(t *testing.T) {
 		if code := s.apiCall("DELETE", base+"/"+web.ID, nil, nil); code != 412 {
 			t.Errorf("destroy of a started machine without force = %d, want 412", code)
 		}
+	})
+
+	t.Run("update restarts with the new config", func(t *testing.T) {
+		m := create(map[string]any{"image": ref, "env": map[string]string{"GREETING": "one"}, "guest": map[string]any{"memory_mb": 64}})
+		waitState(m.ID, "started")
+		var before, after struct {
+			InstanceID string `json:"instance_id"`
+			State      string `json:"state"`
+		}
+		s.apiCall("GET", base+"/"+m.ID, nil, &before)
+		if code := s.apiCall("POST", base+"/"+m.ID, map[string]any{"config": map[string]any{"image": ref, "env": map[string]string{"GREETING": "two"}, "guest": map[string]any{"memory_mb": 64}}}, &after); code != 200 {
+			t.Fatalf("update = %d", code)
+		}
+		if after.InstanceID == before.InstanceID {
+			t.Errorf("update kept instance_id %s", after.InstanceID)
+		}
+		waitState(m.ID, "started")
+		eventually(t, 10*time.Second, "new env inside", func() error {
+			var r execResult
+			s.apiCall("POST", base+"/"+m.ID+"/exec", map[string]any{"command": []string{"sh", "-c", "echo $GREETING"}}, &r)
+			if r.Stdout != "two\n" {
+				return fmt.Errorf("GREETING = %q", r.Stdout)
+			}
+			return nil
+		})
+		s.apiCall("DELETE", base+"/"+m.ID+"?force=true", nil, nil)
 	})
 
 	t.Run("stop escalates to SIGKILL", func(t *testing.T) {
