@@ -25,7 +25,8 @@ shaped like the Fly.io Machines API (/v1/apps/{app}/machines). Machines need
 the runc runtime (pier server as root with runc installed).
 
 Images: oci:PATH[:TAG] (an OCI layout directory), oci-archive:PATH[:TAG],
-docker-archive:PATH (a docker save tarball), or a registry reference.`,
+docker-archive:PATH (a docker save tarball), a registry reference, or
+release:APP[:vN] (an app's release, as apps run).`,
 	}
 	cmd.AddCommand(e.machinesRunCmd(), e.machinesListCmd(), e.machineShowCmd(), e.machineActionCmd("start"),
 		e.machineStopCmd(), e.machineWaitCmd(), e.machineExecCmd(), e.machineDestroyCmd())

@@ -23,7 +23,11 @@ http://X.<domain>:<http port>/.
 On first start it creates an admin token in the data dir (mode 0600) and saves
 CLI credentials for the local user, so other pier commands just work. State
 survives restarts: apps are served again when the server comes back. Stop it
-with Ctrl-C or SIGTERM: traffic drains and every machine stops.`,
+with Ctrl-C or SIGTERM: traffic drains and every machine stops.
+
+Run as root with runc installed, apps and machines are isolated (own
+namespaces, cgroup limits, an address on the --bridge); otherwise apps run as
+host processes and the machines API is unavailable (see --runtime).`,
 		Example: `  pier server
   pier server --http-addr :80 --domain apps.example.com
   pier server --data-dir /tmp/pier --api-addr 127.0.0.1:5280`,
