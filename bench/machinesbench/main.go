@@ -281,6 +281,19 @@ func (a *api) get(id string) (machine, error) {
 	return m, err
 }
 
+// keeper starts an idle machine of ref that keeps its image in use.
+func (a *api) keeper(ref string) machine {
+	m, err := a.create(ref, []string{"/bin/sleep", "3600"})
+	if err != nil {
+		fatalf("keeper machine: %v", err)
+	}
+	if err := a.waitStarted(m.ID); err != nil {
+		a.destroy(m.ID)
+		fatalf("keeper machine: %v", err)
+	}
+	return m
+}
+
 func (a *api) destroy(id string) error { return a.call("DELETE", "/"+id+"?force=true", nil, nil) }
 
 // firstByte connects to addr until something accepts (bounded by deadline),
@@ -461,17 +474,11 @@ func latencyCmd(args []string) {
 	// One idle machine of the "latest" image runs throughout, so pier
 	// keeps that image unpacked: its creates find it ready, as they do
 	// whenever some machine of the image runs. The "solo" image has no
-	// such machine: since pier collects unpacked images no machine uses
-	// after every destroy, each of its creates unpacks it again.
-	keeper, err := a.create(*ref, []string{"/bin/sleep", "3600"})
-	if err != nil {
-		fatalf("keeper machine: %v", err)
-	}
+	// such machine: pier collects unpacked images no machine uses (since
+	// commit "unused images are kept for a grace period", only 10 minutes
+	// after the last destroy), so the results depend on that grace.
+	keeper := a.keeper(*ref)
 	defer a.destroy(keeper.ID)
-	if err := a.waitStarted(keeper.ID); err != nil {
-		a.destroy(keeper.ID)
-		fatalf("keeper machine: %v", err)
-	}
 
 	var warmS, soloS []pierSample
 	var rawS []rawSample
@@ -844,15 +851,8 @@ func memoryCmd(args []string) {
 	// keeps the image unpacked: otherwise the first machine of each case
 	// would unpack it and its page cache would be charged to pier, while
 	// raw runc's rootfs is there already.
-	keeper, err := a.create(*ref, []string{"/bin/sleep", "3600"})
-	if err != nil {
-		fatalf("keeper machine: %v", err)
-	}
+	keeper := a.keeper(*ref)
 	defer a.destroy(keeper.ID)
-	if err := a.waitStarted(keeper.ID); err != nil {
-		a.destroy(keeper.ID)
-		fatalf("keeper machine: %v", err)
-	}
 	seq := 0
 	one := func(c memCase) memResult {
 		var res memResult

@@ -546,15 +546,3 @@ func TestUnreachableMachineIs502(t *testing.T) {
 		t.Errorf("502 page does not point at the logs: %q", body)
 	}
 }
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}

@@ -182,13 +182,6 @@ func writeSysctl(key, value string) error {
 	return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
 }
 
-// machineNet is what setupNetns made for one machine.
-type machineNet struct {
-	nsPath string // bind mount keeping the netns alive; runc joins it by path
-	veth   string // host side
-	addr   netip.Addr
-}
-
 // setupNetns creates a network namespace pinned at nsPath, with loopback up,
 // IPv6 off, eth0 holding addr and a default route via the gateway, and the
 // host end of the veth pair attached to the bridge in isolated mode (bridge
