@@ -2,7 +2,8 @@
 # Installs what pier and its tests need on a fresh Debian machine with Go:
 # git, curl, Python 3 and Node.js/npm (for the Python and Node builders),
 # runc and iptables (the isolating machine runtime) and a static busybox
-# (its tests put it in their machine images).
+# (its tests put it in their machine images), PostgreSQL 15 and Redis (the
+# servers behind managed resources).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ command -v runc >/dev/null || missing+=(runc)
 command -v iptables-restore >/dev/null || missing+=(iptables)
 command -v skopeo >/dev/null || missing+=(skopeo)
 [[ -x /usr/bin/tini-static ]] || missing+=(tini) # pid 1 of machines
+[[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15 postgresql-client-15)
+command -v redis-server >/dev/null || missing+=(redis-server)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 
 if ((${#missing[@]})); then
