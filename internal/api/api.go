@@ -49,6 +49,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/apps/{app}/secrets/unset", s.unsetSecrets)
 	mux.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
 	mux.HandleFunc("GET /v1/apps/{app}/events", s.events)
+	s.resourceRoutes(mux)
 	if s.Machines != nil {
 		s.machineRoutes(mux)
 	}
@@ -124,32 +125,39 @@ func readJSON(r *http.Request, v any) error {
 
 // Message is one line of a streamed (NDJSON) response.
 type Message struct {
-	Type    string        `json:"type"` // output, result, error
-	Text    string        `json:"text,omitempty"`
-	Release *pier.Release `json:"release,omitempty"`
-	Error   string        `json:"error,omitempty"`
-	Kind    string        `json:"kind,omitempty"`
+	Type    string          `json:"type"` // output, result, error
+	Text    string          `json:"text,omitempty"`
+	Release *pier.Release   `json:"release,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"` // the result of operations other than deploys
+	Error   string          `json:"error,omitempty"`
+	Kind    string          `json:"kind,omitempty"`
 }
 
 // stream writes NDJSON messages and flushes each one, so the CLI shows
-// progress live. It is safe for concurrent use.
+// progress live. The response starts with the first message: an operation
+// that fails before saying anything gets a plain error with its status
+// code. It is safe for concurrent use.
 type stream struct {
-	mu  sync.Mutex
-	w   http.ResponseWriter
-	enc *json.Encoder
-	rc  *http.ResponseController
+	mu      sync.Mutex
+	w       http.ResponseWriter
+	enc     *json.Encoder
+	rc      *http.ResponseController
+	started bool
 }
 
 func newStream(w http.ResponseWriter) *stream {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(http.StatusOK)
 	return &stream{w: w, enc: json.NewEncoder(w), rc: http.NewResponseController(w)}
 }
 
 func (s *stream) send(m Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.started {
+		s.started = true
+		s.w.Header().Set("Content-Type", "application/x-ndjson")
+		s.w.Header().Set("X-Content-Type-Options", "nosniff")
+		s.w.WriteHeader(http.StatusOK)
+	}
 	s.enc.Encode(m)
 	s.rc.Flush()
 }
@@ -162,11 +170,31 @@ func (s *stream) Write(p []byte) (int, error) {
 }
 
 func (s *stream) finish(rel *pier.Release, err error, log *slog.Logger) {
+	s.end(Message{Type: "result", Release: rel}, err, log)
+}
+
+// finishData ends the stream with v as the result's data.
+func (s *stream) finishData(v any, err error, log *slog.Logger) {
+	m := Message{Type: "result"}
+	if err == nil {
+		m.Data, err = json.Marshal(v)
+	}
+	s.end(m, err, log)
+}
+
+func (s *stream) end(result Message, err error, log *slog.Logger) {
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if err != nil && !started {
+		writeError(s.w, err, log)
+		return
+	}
 	if err != nil {
 		s.send(Message{Type: "error", Error: message(err, log), Kind: kindNames[pier.KindOf(err)]})
 		return
 	}
-	s.send(Message{Type: "result", Release: rel})
+	s.send(result)
 }
 
 func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {

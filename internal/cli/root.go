@@ -58,6 +58,11 @@ the credentials 'pier server' saved for the local user.`,
 		c.GroupID = "apps"
 		root.AddCommand(c)
 	}
+	root.AddGroup(&cobra.Group{ID: "resources", Title: "Resources:"})
+	for _, c := range []*cobra.Command{e.resourcesCmd(), e.connectCmd(), e.disconnectCmd(), e.connectionsCmd(), e.graphCmd()} {
+		c.GroupID = "resources"
+		root.AddCommand(c)
+	}
 	for _, c := range []*cobra.Command{e.serverCmd(), e.authCmd()} {
 		c.GroupID = "platform"
 		root.AddCommand(c)
@@ -184,4 +189,14 @@ func absDir(arg string) (string, error) {
 		return "", fmt.Errorf("%s is not a directory", arg)
 	}
 	return dir, nil
+}
+
+// exactArgs wants n arguments and names them in its error.
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return fmt.Errorf("%s takes %s (got %d argument(s)); see `%s --help`", cmd.CommandPath(), names, len(args), cmd.CommandPath())
+		}
+		return nil
+	}
 }

@@ -207,27 +207,63 @@ func (e *StreamError) Error() string { return e.Message }
 
 // follow copies a stream of api.Messages to out and returns its outcome.
 func follow(resp *http.Response, out io.Writer) (*pier.Release, error) {
+	m, err := followResult(resp, out)
+	if err != nil {
+		return nil, err
+	}
+	return m.Release, nil
+}
+
+// followResult copies a stream's output to out and returns its result
+// message, or its error.
+func followResult(resp *http.Response, out io.Writer) (api.Message, error) {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
 		var m api.Message
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			return nil, fmt.Errorf("bad message from the server: %w", err)
+			return m, fmt.Errorf("bad message from the server: %w", err)
 		}
 		switch m.Type {
 		case "output":
 			io.WriteString(out, m.Text)
 		case "result":
-			return m.Release, nil
+			return m, nil
 		case "error":
-			return nil, &StreamError{Kind: m.Kind, Message: m.Error}
+			return m, &StreamError{Kind: m.Kind, Message: m.Error}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("connection to the server broke: %w (the operation may still be running: check `pier status`)", err)
+		return api.Message{}, fmt.Errorf("connection to the server broke: %w (the operation may still be running: check `pier status`)", err)
 	}
-	return nil, errors.New("the server ended the stream without a result (the operation may still be running: check `pier status`)")
+	return api.Message{}, errors.New("the server ended the stream without a result (the operation may still be running: check `pier status`)")
+}
+
+// stream sends in as JSON with method to path and follows the streamed
+// answer, decoding its result data into v (if not nil).
+func (c *Client) stream(ctx context.Context, method, path string, in, v any, out io.Writer) error {
+	var body io.Reader
+	ctype := ""
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body, ctype = bytes.NewReader(b), "application/json"
+	}
+	resp, err := c.do(ctx, method, path, body, ctype)
+	if err != nil {
+		return err
+	}
+	m, err := followResult(resp, out)
+	if err != nil || v == nil {
+		return err
+	}
+	if err := json.Unmarshal(m.Data, v); err != nil {
+		return fmt.Errorf("%s %s: bad result: %w", method, path, err)
+	}
+	return nil
 }
 
 // Logs calls fn for each log line of app: the last `lines` lines, then, with

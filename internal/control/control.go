@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/secrets"
 	"github.com/pier-dev/pier/internal/store"
 	"github.com/pier-dev/pier/internal/supervisor"
@@ -42,6 +44,12 @@ type Plane struct {
 	Log        *slog.Logger
 	// TempDir is where uploads are unpacked before they become builds.
 	TempDir string
+	// Resources are the resource types; ResourceDir holds their data and
+	// BackupDir their backups; ResourceNet is where their servers listen.
+	Resources   *resources.Registry
+	ResourceDir string
+	BackupDir   string
+	ResourceNet ResourceNet
 
 	mu   sync.Mutex
 	busy map[string]string // app -> operation under way
@@ -130,7 +138,33 @@ func (p *Plane) env(ctx context.Context, rel pier.Release) ([]string, error) {
 		}
 		plain[s.Name] = v
 	}
-	return supervisor.Env(rel, plain), nil
+	bound, err := p.bound(ctx, rel.App)
+	if err != nil {
+		return nil, err
+	}
+	return dedupEnv(append(supervisor.Env(rel, plain), resources.Env(bound)...)), nil
+}
+
+// dedupEnv keeps the last value of each variable, in the order of first
+// appearance: connections' variables override env and secrets of the same
+// name.
+func dedupEnv(env []string) []string {
+	last := make(map[string]int, len(env))
+	for i, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		last[k] = i
+	}
+	out := make([]string, 0, len(last))
+	seen := make(map[string]bool, len(last))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, env[last[k]])
+	}
+	return out
 }
 
 // AppStatus is an app with its machines and latest release.
@@ -185,6 +219,7 @@ func (p *Plane) DestroyApp(ctx context.Context, name string) error {
 	}
 	p.Proxy.RemoveApp(name)
 	p.Supervisor.StopApp(name, 5*time.Second)
+	p.revokeAll(ctx, name)
 	if err := p.Store.DeleteApp(ctx, name); err != nil {
 		return err
 	}

@@ -42,6 +42,10 @@ type Spec struct {
 	Resources Resources
 	// DenyOutbound cuts the machine off from networks beyond pier.
 	DenyOutbound bool
+	// HostPorts are TCP ports on pier's host (the machine's gateway) that
+	// the machine may reach: the servers of the resources its app is
+	// connected to. Every other host service stays unreachable.
+	HostPorts []int
 }
 
 // Mount binds a host path into a machine.

@@ -70,6 +70,13 @@ func parseTS(s string) time.Time {
 
 // CreateApp inserts a new app; Conflict if the name is taken.
 func (s *Store) CreateApp(ctx context.Context, a pier.App) error {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM resources WHERE name = ?`, a.Name).Scan(&n); err != nil {
+		return fmt.Errorf("create app %s: %w", a.Name, err)
+	}
+	if n > 0 {
+		return pier.Errorf(pier.Conflict, "the name %q is taken by a resource; pick another app name", a.Name)
+	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO apps(name, count, release, created_at) VALUES (?, ?, ?, ?)`,
 		a.Name, a.Count, a.Release, ts(a.CreatedAt))
 	if err != nil {

@@ -90,6 +90,9 @@ func (m *machine) run(env []string) {
 		spec := runtime.Spec{ID: m.id, App: m.app, Dir: m.s.artifact(m.app, m.rel.BuildID), Command: m.command(), Env: env, Stdout: out, Stderr: errw}
 		if m.s.hostfs != nil {
 			spec = m.s.hostfs.isolate(spec, m.rel.Builder == "static" && m.rel.Start == "", m.rel.Config.DenyOutbound)
+			if m.s.ports != nil {
+				spec.HostPorts = m.s.ports(m.app)
+			}
 		}
 		proc, err := m.s.driver.Start(context.Background(), spec)
 		var exit runtime.Exit

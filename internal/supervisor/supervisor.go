@@ -53,6 +53,10 @@ type Config struct {
 	// HostFS, when set, runs releases in isolated machines (the driver is
 	// then an isolating one) with this root filesystem.
 	HostFS *HostFS
+	// HostPorts, when set, names the ports on pier's host that an app's
+	// isolated machines may reach (its connected resources), asked as each
+	// machine starts.
+	HostPorts func(app string) []int
 }
 
 // Supervisor owns every running machine.
@@ -66,6 +70,7 @@ type Supervisor struct {
 	self     string
 	grace    time.Duration
 	hostfs   *HostFS
+	ports    func(app string) []int
 
 	mu       sync.Mutex
 	machines map[string]*machine
@@ -77,7 +82,7 @@ func New(c Config) *Supervisor {
 		c.StopGrace = 10 * time.Second
 	}
 	return &Supervisor{driver: c.Driver, router: c.Router, rec: c.Recorder, logs: c.Logs, log: c.Log,
-		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, machines: map[string]*machine{}}
+		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, ports: c.HostPorts, machines: map[string]*machine{}}
 }
 
 func (s *Supervisor) event(app, typ, msg string) {

@@ -3,6 +3,7 @@ package runc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -114,6 +115,47 @@ func (f firewall) remove(ctx context.Context) error {
 		}
 	}
 	return firstErr
+}
+
+// hostTag marks the rules that let one machine reach host ports.
+func hostTag(id string) string { return "pier-host:" + id }
+
+// allowHost lets the machine at addr reach the given TCP ports of the
+// gateway, in rules tagged with its id. They go first in the input chain,
+// before the rule that rejects everything else.
+func (f firewall) allowHost(ctx context.Context, id string, addr, gw string, ports []int) error {
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	for _, port := range ports {
+		fmt.Fprintf(&b, "-I %s 1 -s %s/32 -d %s/32 -p tcp --dport %d -m comment --comment %s -j ACCEPT\n", f.inChain(), addr, gw, port, hostTag(id))
+	}
+	b.WriteString("COMMIT\n")
+	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--wait")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("allow host ports %v: iptables-restore: %w: %s", ports, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// dropHost removes the rules allowHost made for machine id.
+func (f firewall) dropHost(ctx context.Context, id string) error {
+	out, err := exec.CommandContext(ctx, "iptables", "--wait", "-S", f.inChain()).Output()
+	if err != nil {
+		return fmt.Errorf("list %s: %w", f.inChain(), err)
+	}
+	var errs []error
+	for _, line := range strings.Split(string(out), "\n") {
+		args := strings.Fields(line)
+		if len(args) < 2 || args[0] != "-A" || !strings.Contains(line, hostTag(id)+" ") && !strings.HasSuffix(line, hostTag(id)) {
+			continue
+		}
+		args[0] = "-D"
+		if err := iptables(ctx, args...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func iptables(ctx context.Context, args ...string) error {

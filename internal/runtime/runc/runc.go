@@ -70,8 +70,9 @@ type Driver struct {
 	// swapLimit: memory limits can include swap (see swapAccounting).
 	swapLimit bool
 
-	mu   sync.Mutex
-	live map[string]bool // machines starting or running: Cleanup leaves them alone
+	mu        sync.Mutex
+	live      map[string]bool // machines starting or running: Cleanup leaves them alone
+	hostRules map[string]bool // machines with host-port rules to remove at teardown
 }
 
 var _ interface {
@@ -141,7 +142,7 @@ func New(c Config) (*Driver, error) {
 		return nil, err
 	}
 	c.StateDir = abs
-	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}}
+	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}, hostRules: map[string]bool{}}
 	if err := os.MkdirAll(d.root, 0o700); err != nil {
 		return nil, err
 	}
@@ -306,6 +307,12 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if nerr := <-netErr; err == nil {
 		err = nerr
 	}
+	if err == nil && len(spec.HostPorts) > 0 {
+		d.mu.Lock()
+		d.hostRules[id] = true
+		d.mu.Unlock()
+		err = d.fw.allowHost(ctx, id, addr.String(), d.ipam.gateway.String(), spec.HostPorts)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -422,6 +429,15 @@ func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error
 		}
 		if derr != nil {
 			errs = append(errs, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out)))
+		}
+	}
+	d.mu.Lock()
+	rules := d.hostRules[id]
+	delete(d.hostRules, id)
+	d.mu.Unlock()
+	if rules {
+		if err := d.fw.dropHost(ctx, id); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	veth := hostVeth(id)
@@ -570,3 +586,4 @@ func (d *Driver) Cleanup(ctx context.Context, ids []string) (int, error) {
 	}
 	return n, errors.Join(errs...)
 }
+

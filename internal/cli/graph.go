@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/pier-dev/pier/internal/graph"
+	"github.com/spf13/cobra"
+)
+
+func (e *env) graphCmd() *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "graph",
+		Short: "Show apps, resources and the connections between them",
+		Long: `Print the graph of apps, resources and connections with their access
+levels, as text, Graphviz DOT, Mermaid or JSON (the API's /v1/graph).`,
+		Example: `  pier graph
+  pier graph --format dot | dot -Tsvg > graph.svg
+  pier graph --format mermaid`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch format {
+			case "text", "dot", "mermaid", "json":
+			default:
+				return fmt.Errorf("--format %q: use text, dot, mermaid or json", format)
+			}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			g, err := c.Graph(cmd.Context())
+			if err != nil {
+				return err
+			}
+			switch format {
+			case "dot":
+				graph.DOT(e.stdout, g)
+			case "mermaid":
+				graph.Mermaid(e.stdout, g)
+			case "json":
+				return printJSON(e.stdout, g)
+			default:
+				graph.Text(e.stdout, g)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "text", "text, dot, mermaid or json")
+	cmd.Flags().Bool("json", false, "same as --format json")
+	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if j, _ := cmd.Flags().GetBool("json"); j {
+			format = "json"
+		}
+		return nil
+	}
+	return cmd
+}

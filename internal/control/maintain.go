@@ -1,0 +1,114 @@
+package control
+
+import (
+	"context"
+	"time"
+
+	"github.com/pier-dev/pier/internal/store"
+)
+
+// StartResources runs once as the server starts, before apps: it finishes
+// what a crash interrupted (a half-created resource is removed, a
+// half-deleted one deleted, a half-removed connection revoked) and starts
+// every managed resource's server that is not running.
+func (p *Plane) StartResources(ctx context.Context) error {
+	rows, err := p.Store.Resources(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		d, err := p.Resources.Driver(r.Type)
+		if err != nil {
+			p.Log.Error("resource of an unknown type", "resource", r.Name, "type", r.Type)
+			continue
+		}
+		inst, err := p.instance(r)
+		if err != nil {
+			return err
+		}
+		switch r.Status {
+		case "creating", "deleting":
+			p.Log.Warn("removing a resource whose create or delete was interrupted", "resource", r.Name, "status", r.Status)
+			p.discard(inst, d)
+			p.resourceEvent(ctx, r.Name, "resource.delete", "%s %s removed: its %s was interrupted", r.Type, r.Name, map[string]string{"creating": "creation", "deleting": "deletion"}[r.Status])
+		default:
+			if err := d.Start(ctx, inst); err != nil {
+				p.Log.Error("start resource", "resource", r.Name, "err", err)
+				continue
+			}
+			p.Log.Info("resource started", "resource", r.Name, "type", r.Type)
+		}
+	}
+	p.finishRevokes(ctx)
+	return nil
+}
+
+// finishRevokes revokes the connections left marked for removal.
+func (p *Plane) finishRevokes(ctx context.Context) {
+	conns, err := p.Store.Connections(ctx, "", "")
+	if err != nil {
+		return
+	}
+	for _, c := range conns {
+		if c.Status != store.ConnRevoking {
+			continue
+		}
+		if err := p.finishRevoke(ctx, c); err != nil {
+			p.Log.Warn("revoke connection; will retry", "app", c.App, "resource", c.Target, "err", err)
+			continue
+		}
+		p.resourceEvent(ctx, c.Target, "disconnect", "the credentials of %s were revoked", c.App)
+	}
+}
+
+// RunResources keeps resources serving until ctx is done: every interval
+// it starts a managed server that stopped (crashed, killed) and retries
+// pending revocations; once a minute it takes the scheduled backups due.
+func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastBackups := time.Time{}
+	failing := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rows, err := p.Store.Resources(ctx)
+		if err != nil {
+			continue
+		}
+		for _, r := range rows {
+			if r.Status != "ready" {
+				continue
+			}
+			d, err := p.Resources.Driver(r.Type)
+			if err != nil {
+				continue
+			}
+			inst, err := p.instance(r)
+			if err != nil {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
+			err = d.Start(sctx, inst)
+			cancel()
+			switch {
+			case err != nil && !failing[r.Name]:
+				failing[r.Name] = true
+				p.Log.Error("resource is down and could not be started", "resource", r.Name, "err", err)
+				p.resourceEvent(ctx, r.Name, "resource.down", "%s is down: %v", r.Name, firstLine(err))
+			case err == nil && failing[r.Name]:
+				delete(failing, r.Name)
+				p.Log.Info("resource is back", "resource", r.Name)
+				p.resourceEvent(ctx, r.Name, "resource.up", "%s is serving again", r.Name)
+			}
+		}
+		p.finishRevokes(ctx)
+		if time.Since(lastBackups) >= time.Minute {
+			lastBackups = time.Now()
+			p.scheduledBackups(ctx, time.Now())
+		}
+	}
+}

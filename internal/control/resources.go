@@ -1,0 +1,275 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/resources"
+	"github.com/pier-dev/pier/internal/store"
+)
+
+// ResourceNet says where managed resource servers listen and how connected
+// machines reach them.
+type ResourceNet struct {
+	// Listen are the addresses managed servers bind: loopback, and the
+	// machines' gateway when apps run isolated.
+	Listen []string
+	// Host is the address apps are given.
+	Host string
+}
+
+// ProvisionTimeout bounds creating one resource.
+const ProvisionTimeout = 2 * time.Minute
+
+// ResourceStatus is a resource with its connections.
+type ResourceStatus struct {
+	resources.Resource
+	Connections []resources.Connection `json:"connections"`
+}
+
+// resourceDir is a resource's private directory.
+func (p *Plane) resourceDir(name string) string { return filepath.Join(p.ResourceDir, name) }
+
+// instance is what a driver is given for a stored resource, its admin
+// credentials opened.
+func (p *Plane) instance(r store.ResourceRow) (resources.Instance, error) {
+	inst := resources.Instance{Name: r.Name, Params: r.Params, Dir: p.resourceDir(r.Name), Port: r.Port,
+		Listen: p.ResourceNet.Listen, Host: p.ResourceNet.Host}
+	if len(r.AdminSealed) > 0 {
+		plain, err := p.Keys.Open("resource/"+r.Name, "admin", r.AdminKeyID, r.AdminSealed)
+		if err != nil {
+			return inst, fmt.Errorf("open admin credentials of %s: %w", r.Name, err)
+		}
+		if err := json.Unmarshal([]byte(plain), &inst.Admin); err != nil {
+			return inst, fmt.Errorf("admin credentials of %s: %w", r.Name, err)
+		}
+	}
+	return inst, nil
+}
+
+func (p *Plane) sealJSON(scope, name string, v any) (string, []byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", nil, err
+	}
+	return p.Keys.Seal(scope, name, string(b))
+}
+
+// freePort picks a TCP port free on loopback now; the resource keeps it.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ValidateResourceName checks a resource name: resources and apps share
+// one namespace, with the same rules.
+func ValidateResourceName(name string) error {
+	if err := pier.ValidateAppName(name); err != nil {
+		return pier.Errorf(pier.Invalid, "invalid resource name %q: use 1-63 lowercase letters, digits and dashes, starting with a letter and not ending with a dash", name)
+	}
+	return nil
+}
+
+// resourceEvent records an event in the history of a resource.
+func (p *Plane) resourceEvent(ctx context.Context, name, typ, format string, args ...any) {
+	p.event(ctx, "resource/"+name, typ, format, args...)
+}
+
+// CreateResource provisions a resource of type typ. Parameters are checked
+// before anything is created; a failed provisioning leaves nothing behind.
+func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map[string]any, out io.Writer) (resources.Resource, error) {
+	if err := ValidateResourceName(name); err != nil {
+		return resources.Resource{}, err
+	}
+	d, err := p.Resources.Driver(typ)
+	if err != nil {
+		return resources.Resource{}, err
+	}
+	params, err = p.Resources.Params(typ, params)
+	if err != nil {
+		return resources.Resource{}, err
+	}
+	unlock, err := p.lock(name, "a resource create")
+	if err != nil {
+		return resources.Resource{}, err
+	}
+	defer unlock()
+	port, err := freePort()
+	if err != nil {
+		return resources.Resource{}, err
+	}
+	_, external := params["admin_url"]
+	row := store.ResourceRow{Resource: resources.Resource{Name: name, Type: typ, Params: params, Managed: !external, Port: port,
+		Status: "creating", CreatedAt: time.Now().UTC()}}
+	if err := p.Store.CreateResource(ctx, row); err != nil {
+		return resources.Resource{}, err
+	}
+	inst, _ := p.instance(row)
+	if err := os.MkdirAll(inst.Dir, 0o700); err != nil {
+		p.Store.DeleteResource(context.Background(), name)
+		return resources.Resource{}, err
+	}
+	mode := "managed"
+	if external {
+		mode = "external"
+	}
+	fmt.Fprintf(out, "==> Creating %s %s (%s)\n", typ, name, mode)
+	begin := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
+	admin, err := d.Provision(pctx, inst)
+	cancel()
+	if err == nil {
+		var keyID string
+		var sealed []byte
+		if keyID, sealed, err = p.sealJSON("resource/"+name, "admin", admin); err == nil {
+			err = p.Store.ResourceReady(ctx, name, keyID, sealed)
+		}
+	}
+	if err != nil {
+		p.discard(inst, d)
+		return resources.Resource{}, &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("could not create %s %s", typ, name), Err: err}
+	}
+	row.Status = "ready"
+	fmt.Fprintf(out, "==> %s is ready (%s)\n", name, time.Since(begin).Round(10*time.Millisecond))
+	p.resourceEvent(ctx, name, "resource.create", "%s %s created (%s) in %s", typ, name, mode, time.Since(begin).Round(time.Millisecond))
+	return p.publicResource(row), nil
+}
+
+// discard removes a resource whose creation failed or was interrupted.
+func (p *Plane) discard(inst resources.Instance, d resources.Driver) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := d.Destroy(ctx, inst); err != nil {
+		p.Log.Warn("clean up resource", "resource", inst.Name, "err", err)
+	}
+	os.RemoveAll(inst.Dir)
+	p.Store.DeleteResource(ctx, inst.Name)
+}
+
+// publicResource is what the API shows of a stored resource: never its
+// admin credentials, nor an admin_url's password.
+func (p *Plane) publicResource(r store.ResourceRow) resources.Resource {
+	res := r.Resource
+	res.Params = make(map[string]any, len(r.Params))
+	for k, v := range r.Params {
+		if s, ok := v.(string); ok && k == "admin_url" {
+			v = redactURL(s)
+		}
+		res.Params[k] = v
+	}
+	if r.Managed {
+		res.Host = p.ResourceNet.Host
+	} else {
+		res.Port = 0
+	}
+	return res
+}
+
+func redactURL(s string) string {
+	at := strings.LastIndex(s, "@")
+	scheme := strings.Index(s, "://")
+	if at < 0 || scheme < 0 || at < scheme {
+		return s
+	}
+	userinfo := s[scheme+3 : at]
+	user, _, hasPass := strings.Cut(userinfo, ":")
+	if !hasPass {
+		return s
+	}
+	return s[:scheme+3] + user + ":xxxxx" + s[at:]
+}
+
+// ListResources lists every resource.
+func (p *Plane) ListResources(ctx context.Context) ([]resources.Resource, error) {
+	rows, err := p.Store.Resources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]resources.Resource, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, p.publicResource(r))
+	}
+	return out, nil
+}
+
+// GetResource returns a resource with its connections.
+func (p *Plane) GetResource(ctx context.Context, name string) (ResourceStatus, error) {
+	r, err := p.Store.Resource(ctx, name)
+	if err != nil {
+		return ResourceStatus{}, err
+	}
+	conns, err := p.Connections(ctx, "", name)
+	if err != nil {
+		return ResourceStatus{}, err
+	}
+	return ResourceStatus{Resource: p.publicResource(r), Connections: conns}, nil
+}
+
+// DeleteResource destroys a resource and its data. With connections it is
+// refused unless force, which disconnects every app first (revoking their
+// credentials and rolling them).
+func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out io.Writer) error {
+	r, err := p.Store.Resource(ctx, name)
+	if err != nil {
+		return err
+	}
+	conns, err := p.Store.Connections(ctx, "", name)
+	if err != nil {
+		return err
+	}
+	if len(conns) > 0 && !force {
+		apps := make([]string, len(conns))
+		for i, c := range conns {
+			apps[i] = c.App
+		}
+		return pier.Errorf(pier.Precondition, "%s is connected to %s; disconnect them first (`pier disconnect APP %s`) or pass --force to revoke their access and delete it", name, strings.Join(apps, ", "), name)
+	}
+	for _, c := range conns {
+		if err := p.Disconnect(ctx, c.App, name, out); err != nil {
+			return fmt.Errorf("disconnect %s: %w", c.App, err)
+		}
+	}
+	unlock, err := p.lock(name, "a resource delete")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, err := p.Resources.Driver(r.Type)
+	if err != nil {
+		return err
+	}
+	inst, err := p.instance(r)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "==> Deleting %s %s\n", r.Type, name)
+	p.Store.SetResourceStatus(ctx, name, "deleting")
+	dctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
+	defer cancel()
+	if err := d.Destroy(dctx, inst); err != nil {
+		return &pier.Error{Kind: pier.Failed, Msg: "could not delete " + name, Err: err}
+	}
+	os.RemoveAll(inst.Dir)
+	os.RemoveAll(p.backupDir(name))
+	if err := p.Store.DeleteResource(ctx, name); err != nil {
+		return err
+	}
+	p.resourceEvent(ctx, name, "resource.delete", "%s %s deleted", r.Type, name)
+	fmt.Fprintf(out, "==> %s deleted\n", name)
+	return nil
+}
+
+// ResourceTypes lists the resource types.
+func (p *Plane) ResourceTypes() []resources.TypeInfo { return p.Resources.Types() }
