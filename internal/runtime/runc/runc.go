@@ -586,4 +586,3 @@ func (d *Driver) Cleanup(ctx context.Context, ids []string) (int, error) {
 	}
 	return n, errors.Join(errs...)
 }
-
