@@ -23,16 +23,19 @@ import (
 // brings in, FLUSHALL, FLUSHDB, CONFIG, DEBUG, SHUTDOWN, MONITOR, KEYS, INFO,
 // ACL (but WHOAMI/CAT) and CLIENT KILL/LIST stay out.
 //
-// SCAN, RANDOMKEY and PUBSUB CHANNELS are denied too: they are not checked
-// against key or channel patterns and would show an app the names of other
-// apps' keys and channels. SELECT is denied so every app stays in db 0
-// (the one in its URL).
+// Commands that see the whole keyspace without being checked against key or
+// channel patterns are denied too, as they would show an app other apps'
+// key and channel names or sizes: SCAN, RANDOMKEY, DBSIZE, PUBSUB
+// (CHANNELS, NUMSUB, ...) and CLIENT TRACKING (in BCAST mode it reports
+// invalidations of any key; client-side caching is therefore off). SELECT
+// is denied so every app stays in db 0, the one in its URL.
 //
 // Scripting (EVAL, EVALSHA, SCRIPT LOAD) is allowed to readwrite: Redis 7
 // checks every command a script runs, and its keys, against the caller's
 // ACL, and many libraries (locks, rate limiters, job queues) need it.
 // FUNCTION and SCRIPT FLUSH/KILL are denied: functions and the script cache
-// are shared by all users of the server, so one app could break another's.
+// are shared by all users of the server, so one app could break another's;
+// SCRIPT DEBUG is denied because its SYNC mode blocks the server.
 var (
 	readRules = []string{"-@all", "+@read", "+@connection"}
 
@@ -40,11 +43,11 @@ var (
 		"-@all", "+@read", "+@write", "+@keyspace", "+@string", "+@hash", "+@list",
 		"+@set", "+@sortedset", "+@stream", "+@bitmap", "+@hyperloglog", "+@geo",
 		"+@transaction", "+@connection", "+@pubsub",
-		"+@scripting", "-function", "-script|flush", "-script|kill",
+		"+@scripting", "-function", "-script|flush", "-script|kill", "-script|debug",
 	}
 
 	denyRules = []string{
-		"-select", "-scan", "-randomkey", "-pubsub|channels", "-pubsub|shardchannels",
+		"-select", "-scan", "-randomkey", "-dbsize", "-pubsub", "-client|tracking",
 		"-@admin", "-@dangerous",
 	}
 )

@@ -228,7 +228,8 @@ func TestManaged(t *testing.T) {
 			{"CLIENT", "LIST"}, {"CLIENT", "KILL", "USER", "app-api"}, {"SELECT", "1"},
 			{"SWAPDB", "0", "1"}, {"FUNCTION", "FLUSH"}, {"SCRIPT", "FLUSH"}, {"SAVE"},
 			{"BGREWRITEAOF"}, {"REPLICAOF", "127.0.0.1", "1"}, {"MIGRATE", "127.0.0.1", "1", "web:x", "0", "1"},
-			{"PUBSUB", "CHANNELS"},
+			{"PUBSUB", "CHANNELS"}, {"PUBSUB", "NUMSUB", "api:events"}, {"DBSIZE"},
+			{"CLIENT", "TRACKING", "ON", "BCAST"}, {"SCRIPT", "DEBUG", "YES"},
 		}
 		for _, user := range []string{"app-web", "app-ro"} {
 			c := map[string]*goredis.Client{"app-web": web, "app-ro": ro}[user]
