@@ -201,15 +201,18 @@ func (d *Driver) prepareDir(inst resources.Instance) error {
 	if err := os.Chown(data, int(cred.Uid), int(cred.Gid)); err != nil {
 		return err
 	}
-	return d.checkReachable(inst.Dir, cred)
+	return d.makeReachable(inst.Dir, cred)
 }
 
-// checkReachable fails early, saying what to change, when a parent of dir
-// keeps the server's user out; redis-server would only log "Permission
-// denied" for its config file. The daemon drops supplementary groups, so
-// owner, primary group and other are all there is to check (POSIX ACLs
-// aside).
-func (d *Driver) checkReachable(dir string, cred *syscall.Credential) error {
+// makeReachable lets the server's user search (not list) the ancestors of
+// dir, which pier creates 0700: each one its user, primary group or other
+// bits do not let through gets o+x. The daemon drops supplementary groups,
+// so those bits are all that count (POSIX ACLs aside).
+func (d *Driver) makeReachable(dir string, cred *syscall.Credential) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
 	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -221,7 +224,10 @@ func (d *Driver) checkReachable(dir string, cred *syscall.Credential) error {
 			ok = ok || (sys.Uid == cred.Uid && mode&0o100 != 0) || (sys.Gid == cred.Gid && mode&0o010 != 0)
 		}
 		if !ok {
-			return fmt.Errorf("redis-server runs as user %s, which cannot reach %s: %s has mode %#o; make it traversable (chmod o+x %s) or move pier's data directory", d.cfg.User, dir, p, mode, p)
+			if err := os.Chmod(p, st.Mode()|0o001); err != nil {
+				return fmt.Errorf("let redis-server (user %s) reach %s: %w; make %s traversable (chmod o+x)", d.cfg.User, dir, err, p)
+			}
+			d.cfg.Log.Info("made directory traversable for redis-server", "dir", p, "user", d.cfg.User)
 		}
 		if p == filepath.Dir(p) {
 			return nil

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"sync"
 
 	"github.com/pier-dev/pier/internal/resources"
 )
@@ -41,6 +42,25 @@ type Config struct {
 // Driver provisions and administers redis resources.
 type Driver struct {
 	cfg Config
+
+	// mu guards locks, one per managed resource directory: the daemon
+	// package checks for a running server and then starts one, so two
+	// overlapping starts (a periodic Start during Provision) must not race.
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+// lock serialises the lifecycle calls of one managed resource.
+func (d *Driver) lock(inst resources.Instance) (unlock func()) {
+	d.mu.Lock()
+	l, ok := d.locks[inst.Dir]
+	if !ok {
+		l = new(sync.Mutex)
+		d.locks[inst.Dir] = l
+	}
+	d.mu.Unlock()
+	l.Lock()
+	return l.Unlock
 }
 
 var _ resources.Driver = (*Driver)(nil)
@@ -65,7 +85,7 @@ func New(cfg Config) *Driver {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Driver{cfg: cfg}
+	return &Driver{cfg: cfg, locks: map[string]*sync.Mutex{}}
 }
 
 // Config returns the driver's configuration with defaults filled in.
@@ -179,6 +199,7 @@ func (d *Driver) Provision(ctx context.Context, inst resources.Instance) (map[st
 	if p.AdminURL != "" {
 		return d.provisionExternal(ctx, inst)
 	}
+	defer d.lock(inst)()
 	return d.provisionManaged(ctx, inst, p)
 }
 
@@ -187,6 +208,7 @@ func (d *Driver) Start(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return nil
 	}
+	defer d.lock(inst)()
 	return d.startManaged(ctx, inst)
 }
 
@@ -195,6 +217,7 @@ func (d *Driver) Stop(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return nil
 	}
+	defer d.lock(inst)()
 	return d.stopManaged(ctx, inst)
 }
 
@@ -204,6 +227,7 @@ func (d *Driver) Destroy(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return d.destroyExternal(ctx, inst)
 	}
+	defer d.lock(inst)()
 	return d.destroyManaged(ctx, inst)
 }
 

@@ -52,16 +52,11 @@ func freePort(t testing.TB) int {
 }
 
 // newInstance makes an instance the way pier does: a private 0700
-// directory, a free port, loopback only. The test's temp dirs are made
-// traversable, as pier's data directory must be for the server's user.
+// directory (under the test's 0700 temp dirs, which the driver must let the
+// server's user traverse), a free port, loopback only.
 func newInstance(t testing.TB, name string, params map[string]any) resources.Instance {
 	t.Helper()
 	base := t.TempDir()
-	for p := base; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
 	dir := filepath.Join(base, name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -323,6 +318,85 @@ func TestManaged(t *testing.T) {
 			t.Fatalf("after restart: get web:kept = %q, %v", v, err)
 		}
 	})
+}
+
+func TestConcurrentStartsRunOneServer(t *testing.T) {
+	d := requireServer(t)
+	ctx := context.Background()
+	inst := newInstance(t, "race", nil)
+	provision(t, d, &inst)
+	if err := d.Stop(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() { errs <- d.Start(ctx, inst) }()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := d.Stop(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	if pids := serversIn(t, filepath.Join(inst.Dir, dataName)); len(pids) > 0 {
+		t.Fatalf("servers left running after stop: %v", pids)
+	}
+}
+
+func TestDestroyAndProvisionAgain(t *testing.T) {
+	d := requireServer(t)
+	ctx := context.Background()
+	inst := newInstance(t, "again", nil)
+	provision(t, d, &inst)
+	if _, err := d.Grant(ctx, inst, resources.Grant{App: "web", Access: resources.ReadWrite}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	if pids := serversIn(t, filepath.Join(inst.Dir, dataName)); len(pids) > 0 {
+		t.Errorf("servers left running after destroy: %v", pids)
+	}
+	if entries, _ := os.ReadDir(inst.Dir); len(entries) != 0 {
+		t.Errorf("left behind: %v", entries)
+	}
+	if err := d.Destroy(ctx, inst); err != nil {
+		t.Errorf("second destroy: %v", err)
+	}
+	// A retried Provision starts over, running server or not.
+	for range 2 {
+		admin, err := d.Provision(ctx, inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst.Admin = admin
+	}
+	if err := adminClient(t, inst).Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serversIn returns the pids of the processes whose working directory is
+// dir: the redis-servers of one resource.
+func serversIn(t *testing.T, dir string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd"); err == nil && cwd == dir {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // rawAuth opens a plain connection authenticated as user, to watch the
