@@ -77,7 +77,11 @@ func (f *fileStore) accounts(t *testing.T) map[string]Account {
 	return m
 }
 
+// testLogger logs into the test's output; benchmarks log nothing.
 func testLogger(t testing.TB) *slog.Logger {
+	if _, ok := t.(*testing.B); ok {
+		return slog.New(slog.DiscardHandler)
+	}
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
