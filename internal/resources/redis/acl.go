@@ -231,6 +231,8 @@ func ping(ctx context.Context, opt *goredis.Options) error {
 	o.MaxRetries = -1
 	o.DialerRetries = 1
 	o.PoolSize = 1
+	// Short: whatever listens on the port must answer at once.
+	o.ReadTimeout, o.WriteTimeout = time.Second, time.Second
 	c := goredis.NewClient(&o)
 	defer c.Close()
 	return c.Ping(ctx).Err()

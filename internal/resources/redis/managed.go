@@ -39,7 +39,7 @@ const (
 	stopGrace    = 60 * time.Second // SIGTERM makes redis flush its AOF or snapshot first
 )
 
-func (d *Driver) daemon(inst resources.Instance) daemon.Daemon {
+func (d *Driver) server(inst resources.Instance) daemon.Daemon {
 	return daemon.Daemon{
 		Name:    "redis",
 		Dir:     inst.Dir,
@@ -73,6 +73,9 @@ func (d *Driver) provisionManaged(ctx context.Context, inst resources.Instance, 
 	if err := d.prepareDir(inst); err != nil {
 		return nil, fmt.Errorf("provision redis %s: %w", inst.Name, err)
 	}
+	if err := d.writeACL(inst); err != nil {
+		return nil, fmt.Errorf("provision redis %s: %w", inst.Name, err)
+	}
 	if err := d.startServer(ctx, inst, p); err != nil {
 		return nil, fmt.Errorf("provision redis %s: %w", inst.Name, err)
 	}
@@ -82,7 +85,7 @@ func (d *Driver) provisionManaged(ctx context.Context, inst resources.Instance, 
 
 // startManaged is Start of a managed resource: cheap when the server runs.
 func (d *Driver) startManaged(ctx context.Context, inst resources.Instance) error {
-	dm := d.daemon(inst)
+	dm := d.server(inst)
 	if _, ok := dm.Running(); ok {
 		return nil
 	}
@@ -106,16 +109,16 @@ func (d *Driver) startManaged(ctx context.Context, inst resources.Instance) erro
 // startServer writes the configuration, starts redis-server and waits until
 // the admin user can PING it. A server that does not get ready is stopped.
 func (d *Driver) startServer(ctx context.Context, inst resources.Instance, p params) error {
-	if err := d.writeACLIfMissing(inst); err != nil {
-		return err
-	}
 	if err := d.writeConf(inst, p); err != nil {
 		return err
+	}
+	if _, err := os.Stat(filepath.Join(inst.Dir, dataName, aclName)); err != nil {
+		return fmt.Errorf("its users are gone (%w): restore the resource's directory from a backup, or destroy and create it again", err)
 	}
 	if _, err := serverExe(d.cfg.Binary, inst.Dir); err != nil {
 		return err
 	}
-	dm := d.daemon(inst)
+	dm := d.server(inst)
 	if _, err := dm.Start(); err != nil {
 		return fmt.Errorf("%w (is %s the redis-server binary? set its path in the redis driver's config)", err, d.cfg.Binary)
 	}
@@ -129,7 +132,7 @@ func (d *Driver) startServer(ctx context.Context, inst resources.Instance, p par
 }
 
 func (d *Driver) stopManaged(ctx context.Context, inst resources.Instance) error {
-	dm := d.daemon(inst)
+	dm := d.server(inst)
 	if err := dm.Stop(ctx, stopGrace); err != nil {
 		return fmt.Errorf("stop redis %s: %w", inst.Name, err)
 	}
@@ -139,7 +142,7 @@ func (d *Driver) stopManaged(ctx context.Context, inst resources.Instance) error
 // destroyManaged stops the server and empties inst.Dir (the directory
 // itself is pier's).
 func (d *Driver) destroyManaged(ctx context.Context, inst resources.Instance) error {
-	dm := d.daemon(inst)
+	dm := d.server(inst)
 	if err := dm.Stop(ctx, 5*time.Second); err != nil {
 		return fmt.Errorf("destroy redis %s: %w", inst.Name, err)
 	}
@@ -309,13 +312,10 @@ func quote(s string) (string, error) {
 	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`, nil
 }
 
-// writeACLIfMissing writes the initial ACL file: the default user off and
-// the admin. Once the server runs, ACL SAVE owns the file.
-func (d *Driver) writeACLIfMissing(inst resources.Instance) error {
+// writeACL writes the initial ACL file: the default user off and the
+// admin. Once the server runs, ACL SAVE owns the file.
+func (d *Driver) writeACL(inst resources.Instance) error {
 	path := filepath.Join(inst.Dir, dataName, aclName)
-	if _, err := os.Stat(path); err == nil {
-		return nil
-	}
 	acl := "user default off resetpass resetkeys resetchannels -@all\n" +
 		"user " + adminUser + " on #" + passwordHash(inst.Admin["password"]) + " ~* &* +@all\n"
 	uid, gid := -1, -1

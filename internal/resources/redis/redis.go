@@ -1,6 +1,6 @@
 // Package redis is the "redis" resource type: a Redis server that pier runs
 // itself (managed mode, one redis-server per resource, run as an
-// unprivileged user by the daemon package) or an existing Redis 6+ server
+// unprivileged user by the daemon package) or an existing Redis 7+ server
 // that pier administers through an admin URL (external mode).
 //
 // A connection is an ACL user of its own, limited to the keys and pub/sub
@@ -99,7 +99,7 @@ var schema = json.RawMessage(`{
     "admin_url": {
       "type": "string",
       "pattern": "^rediss?://",
-      "description": "Use an existing Redis 6+ server instead of running one: redis://user:password@host:port of a user allowed to run ACL commands (ACL SETUSER, DELUSER, SAVE). The server should have an aclfile so the users pier creates survive its restart. The other parameters then do not apply."
+      "description": "Use an existing Redis 7+ server instead of running one: redis://user:password@host:port of a user allowed to run ACL commands (ACL SETUSER, DELUSER, SAVE). The server should have an aclfile so the users pier creates survive its restart. The other parameters then do not apply."
     },
     "maxmemory_mb": {
       "type": "integer",

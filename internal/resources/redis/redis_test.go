@@ -280,7 +280,7 @@ func TestManaged(t *testing.T) {
 	})
 
 	t.Run("start is a no-op when running", func(t *testing.T) {
-		dm := d.daemon(inst)
+		dm := d.server(inst)
 		pid, ok := dm.Running()
 		if !ok {
 			t.Fatal("server not running")
@@ -308,7 +308,7 @@ func TestManaged(t *testing.T) {
 		if err := d.Stop(ctx, inst); err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := d.daemon(inst).Running(); ok {
+		if _, ok := d.server(inst).Running(); ok {
 			t.Fatal("still running after stop")
 		}
 		if err := d.Start(ctx, inst); err != nil {
@@ -499,7 +499,7 @@ func TestProvisionFailureLeavesNothing(t *testing.T) {
 	if !strings.Contains(err.Error(), "in use") {
 		t.Errorf("error does not carry the log tail: %v", err)
 	}
-	if _, ok := d.daemon(inst).Running(); ok {
+	if _, ok := d.server(inst).Running(); ok {
 		t.Error("server left running")
 	}
 	if entries, _ := os.ReadDir(inst.Dir); len(entries) != 0 {
@@ -535,6 +535,50 @@ func TestPersistenceNoneAndRDB(t *testing.T) {
 				t.Errorf("key kept across restart: %d, want %d", n, want)
 			}
 		})
+	}
+}
+
+func TestStartWithoutUsersFails(t *testing.T) {
+	d := requireServer(t)
+	ctx := context.Background()
+	inst := newInstance(t, "lost", nil)
+	provision(t, d, &inst)
+	if err := d.Stop(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(inst.Dir, dataName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, inst); err == nil {
+		t.Fatal("start with its data gone succeeded")
+	}
+	if _, ok := d.server(inst).Running(); ok {
+		t.Fatal("server running without its users")
+	}
+}
+
+func TestServerExeCopiesAcrossFileSystems(t *testing.T) {
+	d := requireServer(t)
+	if exeName(d.cfg.Binary, "/x") == d.cfg.Binary {
+		t.Skip(d.cfg.Binary + " is not a symlink to another name")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "pier-redis-test")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	defer os.RemoveAll(dir)
+	for range 2 {
+		path, err := serverExe(d.cfg.Binary, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(path); err != nil || st.Mode().Perm()&0o111 == 0 || filepath.Base(path) != "redis-server" {
+			t.Fatalf("%s: %v, %v", path, st, err)
+		}
+	}
+	out, err := exec.Command(filepath.Join(dir, "redis-server"), "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "Redis server") {
+		t.Fatalf("copy runs as %q, %v", out, err)
 	}
 }
 
