@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,6 +50,30 @@ func (d *Driver) daemon(inst resources.Instance) daemon.Daemon {
 		WorkDir: data,
 		User:    d.user,
 	}
+}
+
+// running returns the pid of the resource's own server. daemon.Running
+// trusts any live process named postgres whose pid is in the pid file, and
+// after a reboot that pid may well belong to another resource's server or
+// to one of its backends. A postmaster's command line names its data
+// directory, which tells them apart. A pid file naming another process is
+// removed, so that the daemon starts the server again and Stop signals
+// nobody else.
+func (d *Driver) running(inst resources.Instance) (int, bool) {
+	dm := d.daemon(inst)
+	pid, ok := dm.Running()
+	if !ok {
+		return 0, false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	if err == nil && len(args) == len(dm.Argv) && slices.Equal(args[1:], dm.Argv[1:]) {
+		return pid, true
+	}
+	d.log.Warn("pid file names another process: ignoring it", "resource", inst.Name, "pid", pid)
+	// The daemon's pid file, as it names it.
+	os.Remove(filepath.Join(dm.Dir, dm.Name+".pid"))
+	return 0, false
 }
 
 // adminHost is the loopback address pier administers a managed server
@@ -353,8 +378,7 @@ func (d *Driver) Start(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return nil
 	}
-	dm := d.daemon(inst)
-	if _, ok := dm.Running(); ok {
+	if _, ok := d.running(inst); ok {
 		return nil
 	}
 	if _, err := os.Stat(filepath.Join(inst.Dir, dataDir, "PG_VERSION")); err != nil {
@@ -386,6 +410,7 @@ func (d *Driver) Stop(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return nil
 	}
+	d.running(inst) // drops a pid file that names another process
 	if err := d.daemon(inst).Stop(ctx, stopGrace, syscall.SIGINT); err != nil {
 		return fmt.Errorf("stop postgres resource %s: %w", inst.Name, err)
 	}
@@ -405,6 +430,7 @@ func (d *Driver) Destroy(ctx context.Context, inst resources.Instance) error {
 }
 
 func (d *Driver) removeManaged(ctx context.Context, inst resources.Instance) error {
+	d.running(inst) // drops a pid file that names another process
 	dm := d.daemon(inst)
 	if err := dm.Stop(ctx, stopGrace, syscall.SIGINT); err != nil {
 		return err

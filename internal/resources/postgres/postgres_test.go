@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	osexec "os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -338,6 +339,49 @@ func TestManaged(t *testing.T) {
 			t.Errorf("%d rows after restart, want %d", n, rows)
 		}
 	})
+
+	t.Run("pid file naming another process", func(t *testing.T) {
+		fake := fakePostgres(t)
+		pidFile := filepath.Join(inst.Dir, "postgres.pid")
+		if err := d.Stop(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(pidFile, []byte(strconv.Itoa(fake)+"\n"), 0o600)
+		if err := d.Stop(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(pidFile, []byte(strconv.Itoa(fake)+"\n"), 0o600)
+		if err := d.Start(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", fake)); err != nil || strings.Contains(string(st), ") Z ") {
+			t.Errorf("the other process was signalled: %s %v", st, err)
+		}
+		if pid, ok := d.running(inst); !ok || pid == fake {
+			t.Errorf("running: pid %d %v, the other process is %d", pid, ok, fake)
+		}
+		mustExec(t, connect(t, rw["url"]), "SELECT 1")
+	})
+}
+
+// fakePostgres starts a process that daemon.Running takes for a server (its
+// executable is called postgres), like a pid reused after a reboot.
+func fakePostgres(t *testing.T) int {
+	t.Helper()
+	sleep, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip("no /bin/sleep to disguise")
+	}
+	bin := filepath.Join(t.TempDir(), "postgres")
+	if err := os.WriteFile(bin, sleep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := osexec.Command(bin, "600")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd.Process.Pid
 }
 
 func TestProvisionFailureLeavesNothing(t *testing.T) {
