@@ -21,7 +21,7 @@ import (
 // Command rules of a connection user, after "-@all". Both levels end with
 // the same denials, -@admin -@dangerous last, so whatever a category above
 // brings in, FLUSHALL, FLUSHDB, CONFIG, DEBUG, SHUTDOWN, MONITOR, KEYS, INFO,
-// ACL (but WHOAMI/CAT) and CLIENT KILL/LIST stay out.
+// ACL and CLIENT KILL/LIST stay out.
 //
 // Commands that see the whole keyspace without being checked against key or
 // channel patterns are denied too, as they would show an app other apps'
