@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,6 +51,16 @@ func (d *Driver) daemon(inst resources.Instance) daemon.Daemon {
 		WorkDir: data,
 		User:    d.user,
 	}
+}
+
+// lock serialises Provision, Start, Stop and Destroy of one managed
+// resource: pier's periodic Start must not start a second server while
+// another call starts or stops the first. It returns the unlock.
+func (d *Driver) lock(inst resources.Instance) func() {
+	m, _ := d.locks.LoadOrStore(inst.Dir, new(sync.Mutex))
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
 }
 
 // running returns the pid of the resource's own server. daemon.Running
@@ -134,6 +145,7 @@ func (d *Driver) Provision(ctx context.Context, inst resources.Instance) (map[st
 	if isExternal(inst) {
 		return d.provisionExternal(ctx, inst)
 	}
+	defer d.lock(inst)()
 	log := d.log.With("resource", inst.Name)
 	start := time.Now()
 	admin, err := d.provisionManaged(ctx, inst)
@@ -378,6 +390,7 @@ func (d *Driver) Start(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return nil
 	}
+	defer d.lock(inst)()
 	if _, ok := d.running(inst); ok {
 		return nil
 	}
@@ -410,6 +423,7 @@ func (d *Driver) Stop(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return nil
 	}
+	defer d.lock(inst)()
 	d.running(inst) // drops a pid file that names another process
 	if err := d.daemon(inst).Stop(ctx, stopGrace, syscall.SIGINT); err != nil {
 		return fmt.Errorf("stop postgres resource %s: %w", inst.Name, err)
@@ -423,6 +437,7 @@ func (d *Driver) Destroy(ctx context.Context, inst resources.Instance) error {
 	if isExternal(inst) {
 		return d.destroyExternal(ctx, inst)
 	}
+	defer d.lock(inst)()
 	if err := d.removeManaged(ctx, inst); err != nil {
 		return fmt.Errorf("destroy postgres resource %s: %w", inst.Name, err)
 	}

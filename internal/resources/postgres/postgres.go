@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/pier-dev/pier/internal/resources"
 )
@@ -49,6 +50,7 @@ type Driver struct {
 	binDir string
 	user   string // "" runs servers as pier's own user
 	log    *slog.Logger
+	locks  sync.Map // inst.Dir -> *sync.Mutex; see lock
 }
 
 var (

@@ -362,6 +362,25 @@ func TestManaged(t *testing.T) {
 		}
 		mustExec(t, connect(t, rw["url"]), "SELECT 1")
 	})
+
+	t.Run("concurrent starts", func(t *testing.T) {
+		if err := d.Stop(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() { errs <- d.Start(ctx, inst) }()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		if _, ok := d.running(inst); !ok {
+			t.Error("not running")
+		}
+		mustExec(t, connect(t, rw["url"]), "SELECT 1")
+	})
 }
 
 // fakePostgres starts a process that daemon.Running takes for a server (its
