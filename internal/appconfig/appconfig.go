@@ -36,6 +36,20 @@ type Config struct {
 	HTTPService HTTPService `toml:"http_service"`
 	// Network controls what the app's machines may reach.
 	Network Network `toml:"network"`
+	// Connections are the resources the app uses; a deploy connects the
+	// missing ones (the resources must exist).
+	Connections []Connection `toml:"connections"`
+}
+
+// Connection declares that the app uses a resource.
+type Connection struct {
+	// Resource is the resource's name.
+	Resource string `toml:"resource"`
+	// Access is read, readwrite or admin (default: the type's default).
+	Access string `toml:"access,omitempty"`
+	// As names the connection and prefixes its env vars (default: the
+	// resource's name).
+	As string `toml:"as,omitempty"`
 }
 
 // Network is the app's network policy.
@@ -130,7 +144,7 @@ func Parse(name string, b []byte) (*Config, error) {
 		if errors.As(err, &strict) && len(strict.Errors) > 0 {
 			de := strict.Errors[0]
 			row, _ := de.Position()
-			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound)"}
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound, [[connections]] resource/access/as)"}
 		}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
@@ -149,6 +163,8 @@ func Parse(name string, b []byte) (*Config, error) {
 	}
 	return &c, nil
 }
+
+var envPrefixRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
 
 func (c *Config) validate() error {
 	bad := func(key, format string, args ...any) error {
@@ -187,6 +203,25 @@ func (c *Config) validate() error {
 	}
 	if _, err := duration(c.HTTPService.IdleTimeout, time.Second); err != nil {
 		return bad("http_service.idle_timeout", "%v", err)
+	}
+	seen := map[string]bool{}
+	for i, cn := range c.Connections {
+		key := fmt.Sprintf("connections[%d]", i)
+		if err := pier.ValidateAppName(cn.Resource); err != nil {
+			return bad(key+".resource", "%q is not a resource name", cn.Resource)
+		}
+		if seen[cn.Resource] {
+			return bad(key+".resource", "%s is declared twice", cn.Resource)
+		}
+		seen[cn.Resource] = true
+		switch cn.Access {
+		case "", "read", "readwrite", "admin":
+		default:
+			return bad(key+".access", "%q is not read, readwrite or admin", cn.Access)
+		}
+		if cn.As != "" && !envPrefixRE.MatchString(cn.As) {
+			return bad(key+".as", "%q must be letters, digits, - and _, starting with a letter", cn.As)
+		}
 	}
 	for name := range c.Env {
 		if err := pier.ValidateEnvName(name); err != nil {

@@ -22,6 +22,10 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"syntax", "app = \"x\n", "pier.toml:1"},
 		{"bad auto stop", "[http_service]\nauto_stop_machines = \"suspend\"\n", "pier.toml:2: http_service.auto_stop_machines"},
 		{"negative min machines", "[http_service]\nmin_machines_running = -1\n", "pier.toml:2: http_service.min_machines_running"},
+		{"bad connection access", "[[connections]]\nresource = \"db\"\n[[connections]]\nresource = \"cache\"\naccess = \"write\"\n", "pier.toml:5: connections[1].access: \"write\" is not read, readwrite or admin"},
+		{"connection twice", "[[connections]]\nresource = \"db\"\n[[connections]]\nresource = \"db\"\n", "pier.toml:4: connections[1].resource: db is declared twice"},
+		{"connection without resource", "[[connections]]\naccess = \"read\"\n", "pier.toml: connections[0].resource"},
+		{"unknown connection key", "[[connections]]\nresource = \"db\"\nrole = \"x\"\n", "pier.toml:3: connections.role: unknown key"},
 		{"short idle timeout", "[http_service]\nidle_timeout = \"10ms\"\n", "pier.toml:2: http_service.idle_timeout: duration \"10ms\" is too short"},
 	}
 	for _, tt := range tests {
@@ -81,5 +85,16 @@ func TestNewParsesBack(t *testing.T) {
 	}
 	if out.App != "web" || out.Build != (Build{}) || len(out.Checks) != 0 {
 		t.Fatalf("new config: %+v", out)
+	}
+}
+
+func TestConnections(t *testing.T) {
+	c, err := Parse("pier.toml", []byte("app = \"web\"\n[[connections]]\nresource = \"web-db\"\nas = \"db\"\n[[connections]]\nresource = \"cache\"\naccess = \"read\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Connection{{Resource: "web-db", As: "db"}, {Resource: "cache", Access: "read"}}
+	if len(c.Connections) != 2 || c.Connections[0] != want[0] || c.Connections[1] != want[1] {
+		t.Errorf("connections = %+v, want %+v", c.Connections, want)
 	}
 }

@@ -2,12 +2,14 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/api"
 	"github.com/pier-dev/pier/internal/appconfig"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/client"
@@ -17,7 +19,7 @@ import (
 
 func (e *env) launchCmd() *cobra.Command {
 	var name string
-	var yes bool
+	var yes, noResources bool
 	cmd := &cobra.Command{
 		Use:   "launch [DIR]",
 		Short: "Detect, configure, build and deploy the app in DIR (default .)",
@@ -30,6 +32,12 @@ with scripts.start or main); requirements.txt, pyproject.toml, app.py or
 main.py → Python; Procfile → its web: command; index.html → a static site
 served by pier. A Procfile's web: line wins for the start command;
 [build] in pier.toml overrides both.
+
+Resources: when the code evidently uses Postgres (pgx, lib/pq, pg, psycopg,
+asyncpg), Redis (go-redis, redis, ioredis) or S3 (the AWS SDKs, minio), launch
+offers to create APP-db, APP-cache or APP-files and connect them; it declares
+them in pier.toml ([[connections]]) so every deploy keeps them connected.
+--no-resources skips this.
 
 The app must listen on the port in $PORT.`,
 		Example: `  pier launch
@@ -64,11 +72,22 @@ The app must listen on the port in $PORT.`,
 				return err
 			}
 			fmt.Fprintf(e.stdout, "==> Detected a %s app in %s\n    %s\n", plan.Builder, dir, plan.Describe())
+			var wanted []wantedResource
+			if !noResources && len(cfg.Connections) == 0 {
+				wanted = wantedResources(name, build.Needs(dir))
+				for _, w := range wanted {
+					fmt.Fprintf(e.stdout, "==> Your code uses %s (%s): pier will create %s %s and connect it\n", w.typ, w.reason, w.typ, w.name)
+				}
+			}
 			if !yes {
 				if !isTerminal(e.stdin) {
 					return fmt.Errorf("launch asks for confirmation: pass --yes to accept the defaults when not running interactively")
 				}
-				fmt.Fprintf(e.stdout, "Create app %q and deploy it? [Y/n] ", name)
+				what := fmt.Sprintf("app %q", name)
+				for _, w := range wanted {
+					what += fmt.Sprintf(", %s %s", w.typ, w.name)
+				}
+				fmt.Fprintf(e.stdout, "Create %s and deploy? [Y/n] ", what)
 				answer, _ := bufio.NewReader(e.stdin).ReadString('\n')
 				if a := strings.ToLower(strings.TrimSpace(answer)); a != "" && a != "y" && a != "yes" {
 					return fmt.Errorf("launch cancelled; nothing was changed")
@@ -100,11 +119,15 @@ The app must listen on the port in $PORT.`,
 				}
 				fmt.Fprintf(e.stdout, "==> Wrote %s\n", filepath.Join(dir, appconfig.FileName))
 			}
+			if err := e.createWanted(ctx, c, dir, wanted); err != nil {
+				return err
+			}
 			return e.deployDir(ctx, c, name, dir)
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "app name (default: the directory's name)")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "accept every default without prompting (for scripts and CI)")
+	cmd.Flags().BoolVar(&noResources, "no-resources", false, "do not create or connect the resources the code seems to use")
 	return cmd
 }
 
@@ -131,4 +154,65 @@ func writeConfig(dir string, cfg *appconfig.Config) error {
 		return os.WriteFile(path, append([]byte(fmt.Sprintf("app = %q\n", cfg.App)), old...), 0o644)
 	}
 	return os.WriteFile(path, appconfig.New(cfg.App), 0o644)
+}
+
+// wantedResource is a resource launch creates and connects.
+type wantedResource struct {
+	typ, name, as, reason string
+}
+
+// wantedResources names a resource for each need: APP-db, APP-cache,
+// APP-files, connected as db, cache and files.
+func wantedResources(app string, needs []build.Need) []wantedResource {
+	short := map[string]string{"postgres": "db", "redis": "cache", "bucket": "files"}
+	var out []wantedResource
+	for _, n := range needs {
+		s, ok := short[n.Type]
+		if !ok {
+			continue
+		}
+		name := app + "-" + s
+		if len(name) > 63 {
+			name = strings.TrimRight(app[:63-len(s)-1], "-") + "-" + s
+		}
+		out = append(out, wantedResource{typ: n.Type, name: name, as: s, reason: n.Reason})
+	}
+	return out
+}
+
+// createWanted creates the wanted resources that do not exist (one of the
+// same type and name is reused) and declares their connections in
+// pier.toml, so the deploy that follows connects them.
+func (e *env) createWanted(ctx context.Context, c *client.Client, dir string, wanted []wantedResource) error {
+	if len(wanted) == 0 {
+		return nil
+	}
+	var decl strings.Builder
+	for _, w := range wanted {
+		r, err := c.Resource(ctx, w.name)
+		switch {
+		case err == nil && r.Type != w.typ:
+			return fmt.Errorf("a %s resource named %s exists already; rename it or pass --no-resources", r.Type, w.name)
+		case err == nil:
+			fmt.Fprintf(e.stdout, "==> Using the existing %s %s\n", w.typ, w.name)
+		case client.IsNotFound(err):
+			if _, err := c.CreateResource(ctx, api.CreateResourceRequest{Name: w.name, Type: w.typ}, e.stdout); err != nil {
+				return err
+			}
+		default:
+			return err
+		}
+		fmt.Fprintf(&decl, "\n[[connections]]\nresource = %q\nas = %q\n", w.name, w.as)
+	}
+	path := filepath.Join(dir, appconfig.FileName)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(decl.String()); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "==> Declared the connections in %s\n", path)
+	return nil
 }

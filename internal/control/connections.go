@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pier-dev/pier/internal/appconfig"
 	"github.com/pier-dev/pier/internal/graph"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/resources"
@@ -82,6 +83,93 @@ func (p *Plane) HostPorts(app string) []int {
 	return ports
 }
 
+// connPlan is a checked request for a connection, ready to grant.
+type connPlan struct {
+	r      store.ResourceRow
+	d      resources.Driver
+	access resources.Access
+	as     string
+}
+
+// planConnection checks a connection of app to target against the
+// resource and the app's existing connections, changing nothing.
+func (p *Plane) planConnection(ctx context.Context, app, target string, access resources.Access, as string, existing []store.ConnectionRow) (connPlan, error) {
+	r, err := p.Store.Resource(ctx, target)
+	if err != nil {
+		if _, aerr := p.Store.App(ctx, target); aerr == nil {
+			return connPlan{}, pier.Errorf(pier.Invalid, "%s is an app; app-to-app connections come with the mesh and are not available yet", target)
+		}
+		return connPlan{}, err
+	}
+	if r.Status != "ready" {
+		return connPlan{}, pier.Errorf(pier.Conflict, "resource %s is %s; try again when it is ready", target, r.Status)
+	}
+	access, err = p.Resources.AccessOf(r.Type, access)
+	if err != nil {
+		return connPlan{}, err
+	}
+	if as == "" {
+		as = target
+	}
+	if err := resources.ValidateAs(as); err != nil {
+		return connPlan{}, err
+	}
+	for _, c := range existing {
+		if c.Target == target {
+			return connPlan{}, pier.Errorf(pier.Conflict, "%s is already connected to %s (access %s); disconnect first to change it", app, target, c.Access)
+		}
+		if resources.EnvPrefix(c.As) == resources.EnvPrefix(as) {
+			return connPlan{}, pier.Errorf(pier.Conflict, "%s already has a connection named %s (to %s); pick another name with --as", app, as, c.Target)
+		}
+	}
+	d, err := p.Resources.Driver(r.Type)
+	if err != nil {
+		return connPlan{}, err
+	}
+	return connPlan{r: r, d: d, access: access, as: as}, nil
+}
+
+// grantConnection creates the credentials of a planned connection and
+// stores them encrypted. undo revokes and forgets them.
+func (p *Plane) grantConnection(ctx context.Context, app string, cp connPlan, out io.Writer) (resources.Connection, func(), error) {
+	inst, err := p.instance(cp.r)
+	if err != nil {
+		return resources.Connection{}, nil, err
+	}
+	target := cp.r.Name
+	fmt.Fprintf(out, "==> Granting %s %s access to %s\n", app, cp.access, target)
+	g := resources.Grant{App: app, Access: cp.access}
+	gctx, cancel := context.WithTimeout(ctx, GrantTimeout)
+	cr, err := cp.d.Grant(gctx, inst, g)
+	cancel()
+	if err != nil {
+		return resources.Connection{}, nil, &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("could not grant %s access to %s", app, target), Err: err}
+	}
+	keyID, sealed, err := p.sealJSON(connScope(app), target, cr)
+	if err != nil {
+		p.revoke(cp.d, inst, g, cr)
+		return resources.Connection{}, nil, err
+	}
+	row := store.ConnectionRow{Connection: resources.Connection{App: app, Target: target, Kind: "resource", Type: cp.r.Type, Access: cp.access, As: cp.as,
+		CreatedAt: time.Now().UTC()}, Status: store.ConnActive, KeyID: keyID, Sealed: sealed}
+	if err := p.Store.PutConnection(ctx, row); err != nil {
+		p.revoke(cp.d, inst, g, cr)
+		return resources.Connection{}, nil, err
+	}
+	row.Env = resources.EnvNames([]resources.Bound{{As: cp.as, Type: cp.d.Info(), Creds: cr}})
+	undo := func() {
+		p.Store.DeleteConnection(context.Background(), app, target)
+		p.revoke(cp.d, inst, g, cr)
+	}
+	return row.Connection, undo, nil
+}
+
+// connected records the events of a new connection.
+func (p *Plane) connected(ctx context.Context, c resources.Connection) {
+	p.event(ctx, c.App, "connect", "connected to %s %s with %s access as %s", c.Type, c.Target, c.Access, c.As)
+	p.resourceEvent(ctx, c.Target, "connect", "%s connected with %s access", c.App, c.Access)
+}
+
 // Connect connects app to a resource with the given access ("" for the
 // type's default) under the name as ("" for the resource's name): it
 // creates credentials with exactly that access, stores them encrypted and
@@ -89,26 +177,6 @@ func (p *Plane) HostPorts(app string) []int {
 // credentials are revoked and nothing changes.
 func (p *Plane) Connect(ctx context.Context, app, target string, access resources.Access, as string, out io.Writer) (resources.Connection, error) {
 	if _, err := p.Store.App(ctx, app); err != nil {
-		return resources.Connection{}, err
-	}
-	r, err := p.Store.Resource(ctx, target)
-	if err != nil {
-		if _, aerr := p.Store.App(ctx, target); aerr == nil {
-			return resources.Connection{}, pier.Errorf(pier.Invalid, "%s is an app; app-to-app connections come with the mesh and are not available yet", target)
-		}
-		return resources.Connection{}, err
-	}
-	if r.Status != "ready" {
-		return resources.Connection{}, pier.Errorf(pier.Conflict, "resource %s is %s; try again when it is ready", target, r.Status)
-	}
-	access, err = p.Resources.AccessOf(r.Type, access)
-	if err != nil {
-		return resources.Connection{}, err
-	}
-	if as == "" {
-		as = target
-	}
-	if err := resources.ValidateAs(as); err != nil {
 		return resources.Connection{}, err
 	}
 	unlock, err := p.lock(app, "a connect")
@@ -120,50 +188,60 @@ func (p *Plane) Connect(ctx context.Context, app, target string, access resource
 	if err != nil {
 		return resources.Connection{}, err
 	}
-	for _, c := range existing {
+	cp, err := p.planConnection(ctx, app, target, access, as, existing)
+	if err != nil {
+		return resources.Connection{}, err
+	}
+	conn, undo, err := p.grantConnection(ctx, app, cp, out)
+	if err != nil {
+		return resources.Connection{}, err
+	}
+	if _, err := p.reroll(ctx, app, fmt.Sprintf("connect %s (%s)", target, cp.access), out); err != nil {
+		undo()
+		return resources.Connection{}, err
+	}
+	p.connected(ctx, conn)
+	return conn, nil
+}
+
+// declaredConnections plans the connections pier.toml declares that the
+// app does not have yet. A declared connection that exists with another
+// access level is an error: changing access is an explicit disconnect.
+func (p *Plane) declaredConnections(ctx context.Context, app string, decls []appconfig.Connection) ([]connPlan, error) {
+	existing, err := p.Store.Connections(ctx, app, "")
+	if err != nil {
+		return nil, err
+	}
+	var plans []connPlan
+	for _, d := range decls {
+		if c, ok := findConn(existing, d.Resource); ok {
+			if d.Access != "" && resources.Access(d.Access) != c.Access {
+				return nil, pier.Errorf(pier.Conflict, "pier.toml asks for %s access to %s, but %s is connected with %s; run `pier disconnect %s %s` first to change it",
+					d.Access, d.Resource, app, c.Access, app, d.Resource)
+			}
+			continue
+		}
+		cp, err := p.planConnection(ctx, app, d.Resource, resources.Access(d.Access), d.As, existing)
+		if err != nil {
+			if pier.KindOf(err) == pier.NotFound {
+				return nil, pier.Errorf(pier.Invalid, "pier.toml connects %s to %s, which does not exist: create it first (`pier resources create TYPE %s`)", app, d.Resource, d.Resource)
+			}
+			return nil, fmt.Errorf("pier.toml connection to %s: %w", d.Resource, err)
+		}
+		plans = append(plans, cp)
+		// Later declarations must not reuse this one's name.
+		existing = append(existing, store.ConnectionRow{Connection: resources.Connection{Target: d.Resource, As: cp.as, Access: cp.access}})
+	}
+	return plans, nil
+}
+
+func findConn(cs []store.ConnectionRow, target string) (store.ConnectionRow, bool) {
+	for _, c := range cs {
 		if c.Target == target {
-			return resources.Connection{}, pier.Errorf(pier.Conflict, "%s is already connected to %s (access %s); disconnect first to change it", app, target, c.Access)
-		}
-		if resources.EnvPrefix(c.As) == resources.EnvPrefix(as) {
-			return resources.Connection{}, pier.Errorf(pier.Conflict, "%s already has a connection named %s (to %s); pick another name with --as", app, as, c.Target)
+			return c, true
 		}
 	}
-	d, err := p.Resources.Driver(r.Type)
-	if err != nil {
-		return resources.Connection{}, err
-	}
-	inst, err := p.instance(r)
-	if err != nil {
-		return resources.Connection{}, err
-	}
-	fmt.Fprintf(out, "==> Granting %s %s access to %s\n", app, access, target)
-	g := resources.Grant{App: app, Access: access}
-	gctx, cancel := context.WithTimeout(ctx, GrantTimeout)
-	cr, err := d.Grant(gctx, inst, g)
-	cancel()
-	if err != nil {
-		return resources.Connection{}, &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("could not grant %s access to %s", app, target), Err: err}
-	}
-	keyID, sealed, err := p.sealJSON(connScope(app), target, cr)
-	if err != nil {
-		p.revoke(d, inst, g, cr)
-		return resources.Connection{}, err
-	}
-	row := store.ConnectionRow{Connection: resources.Connection{App: app, Target: target, Kind: "resource", Type: r.Type, Access: access, As: as,
-		CreatedAt: time.Now().UTC()}, Status: store.ConnActive, KeyID: keyID, Sealed: sealed}
-	if err := p.Store.PutConnection(ctx, row); err != nil {
-		p.revoke(d, inst, g, cr)
-		return resources.Connection{}, err
-	}
-	row.Env = resources.EnvNames([]resources.Bound{{As: as, Type: d.Info(), Creds: cr}})
-	if _, err := p.reroll(ctx, app, fmt.Sprintf("connect %s (%s)", target, access), out); err != nil {
-		p.Store.DeleteConnection(context.Background(), app, target)
-		p.revoke(d, inst, g, cr)
-		return resources.Connection{}, err
-	}
-	p.event(ctx, app, "connect", "connected to %s %s with %s access as %s", r.Type, target, access, as)
-	p.resourceEvent(ctx, target, "connect", "%s connected with %s access", app, access)
-	return row.Connection, nil
+	return store.ConnectionRow{}, false
 }
 
 // revoke revokes credentials, logging a failure (the caller is already

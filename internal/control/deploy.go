@@ -12,6 +12,7 @@ import (
 	"github.com/pier-dev/pier/internal/appconfig"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/store"
 	"github.com/pier-dev/pier/internal/supervisor"
 )
@@ -68,6 +69,10 @@ func (p *Plane) Prepare(ctx context.Context, app string, src io.Reader) (*Upload
 		u.Close()
 		return nil, err
 	}
+	if _, err := p.declaredConnections(ctx, app, cfg.Connections); err != nil {
+		u.Close()
+		return nil, err
+	}
 	u.Config, u.Plan = cfg, plan
 	return u, nil
 }
@@ -96,7 +101,36 @@ func (p *Plane) Deploy(ctx context.Context, u *Upload, out io.Writer) (pier.Rele
 	fmt.Fprintf(out, "==> Built in %s (build %s)\n", time.Since(begin).Round(10*time.Millisecond), id)
 	rel := pier.Release{App: u.App, BuildID: id, Builder: u.Plan.Builder, Start: u.Plan.Start, Config: u.Config.RunConfig(),
 		Status: pier.ReleasePending, Description: "deploy", CreatedAt: time.Now().UTC()}
-	return p.rollout(ctx, rel, out)
+	// The connections pier.toml declares and the app lacks are made now,
+	// under the app's lock, and undone if the release fails.
+	plans, err := p.declaredConnections(ctx, u.App, u.Config.Connections)
+	if err != nil {
+		return pier.Release{}, err
+	}
+	var made []resources.Connection
+	var undos []func()
+	undo := func() {
+		for _, f := range undos {
+			f()
+		}
+	}
+	for _, cp := range plans {
+		conn, undoOne, err := p.grantConnection(ctx, rel.App, cp, out)
+		if err != nil {
+			undo()
+			return pier.Release{}, err
+		}
+		made, undos = append(made, conn), append(undos, undoOne)
+	}
+	rel, err = p.rollout(ctx, rel, out)
+	if err != nil {
+		undo()
+		return rel, err
+	}
+	for _, c := range made {
+		p.connected(ctx, c)
+	}
+	return rel, nil
 }
 
 // rollout stores rel as a new release and deploys it; the app's lock must be held.

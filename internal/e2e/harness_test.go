@@ -98,6 +98,7 @@ func startServerWith(t testing.TB, flags ...string) *server {
 	s.start()
 	t.Cleanup(func() {
 		s.stop(syscall.SIGTERM)
+		s.killResources()
 		if n := s.running(); n > 0 {
 			t.Errorf("%d pier machines left running after the server stopped", n)
 		}
@@ -431,4 +432,22 @@ func eventually(t testing.TB, timeout time.Duration, what string, f func() error
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+}
+
+// killResources kills the managed resource servers (postgres, redis-server)
+// of this server's data dir: they are detached and outlive pier by design.
+func (s *server) killResources() {
+	filepath.WalkDir(filepath.Join(s.dataDir, "resources"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".pid") {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		first, _, _ := strings.Cut(string(b), "\n")
+		if pid, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && pid > 1 {
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && (strings.Contains(exe, "postgres") || strings.Contains(exe, "redis")) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		return nil
+	})
 }

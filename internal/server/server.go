@@ -135,6 +135,9 @@ func Run(ctx context.Context, c Config) error {
 		pd := process.New()
 		supCfg.Driver, cleaner = pd, pd
 	}
+	// The plane, made below, knows which resource ports each app may reach.
+	var hostPorts func(app string) []int
+	supCfg.HostPorts = func(app string) []int { return hostPorts(app) }
 	sup := supervisor.New(supCfg)
 	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")},
 		releases: st, hostfs: supCfg.HostFS, artifact: supCfg.Artifact}
@@ -147,8 +150,23 @@ func Run(ctx context.Context, c Config) error {
 	if c.MachineIdleTimeout > 0 {
 		mach.IdleTimeout = c.MachineIdleTimeout
 	}
+	// Managed resources listen on loopback, and on the machines' gateway
+	// when apps run isolated; connected machines are let through to their
+	// ports alone (supervisor.Config.HostPorts).
+	rnet := control.ResourceNet{Listen: []string{"127.0.0.1"}, Host: "127.0.0.1"}
+	if isolated != nil {
+		gw := isolated.Gateway().String()
+		rnet = control.ResourceNet{Listen: []string{"127.0.0.1", gw}, Host: gw}
+	}
+	types, closeTypes, err := resourceTypes(c.DataDir, rnet, keys, log)
+	if err != nil {
+		return err
+	}
+	defer closeTypes()
 	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
-		Log: log, TempDir: filepath.Join(c.DataDir, "tmp")}
+		Log: log, TempDir: filepath.Join(c.DataDir, "tmp"), Resources: types, ResourceNet: rnet,
+		ResourceDir: filepath.Join(c.DataDir, "resources"), BackupDir: filepath.Join(c.DataDir, "backups")}
+	hostPorts = plane.HostPorts
 
 	apiLn, err := net.Listen("tcp", c.APIAddr)
 	if err != nil {
@@ -173,6 +191,12 @@ func Run(ctx context.Context, c Config) error {
 		mach.Wake(app)
 	}
 
+	// Resources first: apps expect their databases when they start.
+	if err := plane.StartResources(ctx); err != nil {
+		apiLn.Close()
+		httpLn.Close()
+		return fmt.Errorf("start resources: %w", err)
+	}
 	if err := plane.Restore(ctx, cleaner); err != nil {
 		apiLn.Close()
 		httpLn.Close()
@@ -211,8 +235,9 @@ func Run(ctx context.Context, c Config) error {
 	go func() {
 		defer close(autostopDone)
 		var wg sync.WaitGroup
-		wg.Add(2)
+		wg.Add(3)
 		go func() { defer wg.Done(); plane.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
+		go func() { defer wg.Done(); plane.RunResources(autostopCtx, 5*time.Second) }()
 		go func() { defer wg.Done(); mach.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
 		wg.Wait()
 	}()
