@@ -16,7 +16,6 @@ type typeOnly struct {
 
 func (t typeOnly) Info() TypeInfo { return t.info }
 
-
 func testRegistry(t *testing.T) *Registry {
 	t.Helper()
 	r, err := NewRegistry(typeOnly{info: TypeInfo{Name: "kv", Access: []Access{ReadWrite, Read}, Provides: []string{"host", "url"},
