@@ -38,18 +38,54 @@ type ResourceStatus struct {
 // resourceDir is a resource's private directory.
 func (p *Plane) resourceDir(name string) string { return filepath.Join(p.ResourceDir, name) }
 
-// instance is what a driver is given for a stored resource, its admin
-// credentials opened.
+// sealedResource is what a resource keeps encrypted: its secret parameters
+// (admin_url holds a password) and the driver's admin credentials.
+type sealedResource struct {
+	Params map[string]any    `json:"params,omitempty"`
+	Admin  map[string]string `json:"admin,omitempty"`
+}
+
+// secretParams are the parameters stored encrypted and shown redacted.
+var secretParams = []string{"admin_url"}
+
+// splitParams moves the secret parameters out of params: the stored params
+// keep a redacted copy, the secret ones are sealed.
+func splitParams(params map[string]any) (public, secret map[string]any) {
+	public, secret = make(map[string]any, len(params)), map[string]any{}
+	for k, v := range params {
+		public[k] = v
+	}
+	for _, k := range secretParams {
+		if v, ok := public[k]; ok {
+			secret[k] = v
+			if s, ok := v.(string); ok {
+				public[k] = redactURL(s)
+			}
+		}
+	}
+	return public, secret
+}
+
+// instance is what a driver is given for a stored resource, its secret
+// parameters and admin credentials opened.
 func (p *Plane) instance(r store.ResourceRow) (resources.Instance, error) {
-	inst := resources.Instance{Name: r.Name, Params: r.Params, Dir: p.resourceDir(r.Name), Port: r.Port,
+	inst := resources.Instance{Name: r.Name, Params: map[string]any{}, Dir: p.resourceDir(r.Name), Port: r.Port,
 		Listen: p.ResourceNet.Listen, Host: p.ResourceNet.Host}
+	for k, v := range r.Params {
+		inst.Params[k] = v
+	}
 	if len(r.AdminSealed) > 0 {
 		plain, err := p.Keys.Open("resource/"+r.Name, "admin", r.AdminKeyID, r.AdminSealed)
 		if err != nil {
 			return inst, fmt.Errorf("open admin credentials of %s: %w", r.Name, err)
 		}
-		if err := json.Unmarshal([]byte(plain), &inst.Admin); err != nil {
+		var sr sealedResource
+		if err := json.Unmarshal([]byte(plain), &sr); err != nil {
 			return inst, fmt.Errorf("admin credentials of %s: %w", r.Name, err)
+		}
+		inst.Admin = sr.Admin
+		for k, v := range sr.Params {
+			inst.Params[k] = v
 		}
 	}
 	return inst, nil
@@ -111,12 +147,22 @@ func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map
 		return resources.Resource{}, err
 	}
 	_, external := params["admin_url"]
-	row := store.ResourceRow{Resource: resources.Resource{Name: name, Type: typ, Params: params, Managed: !external, Port: port,
+	public, secret := splitParams(params)
+	row := store.ResourceRow{Resource: resources.Resource{Name: name, Type: typ, Params: public, Managed: !external, Port: port,
 		Status: "creating", CreatedAt: time.Now().UTC()}}
+	// Secret parameters are sealed from the start, so a crash mid-create
+	// can still clean up an external resource.
+	if row.AdminKeyID, row.AdminSealed, err = p.sealJSON("resource/"+name, "admin", sealedResource{Params: secret}); err != nil {
+		return resources.Resource{}, err
+	}
 	if err := p.Store.CreateResource(ctx, row); err != nil {
 		return resources.Resource{}, err
 	}
-	inst, _ := p.instance(row)
+	inst, err := p.instance(row)
+	if err != nil {
+		p.Store.DeleteResource(context.Background(), name)
+		return resources.Resource{}, err
+	}
 	if err := os.MkdirAll(inst.Dir, 0o700); err != nil {
 		p.Store.DeleteResource(context.Background(), name)
 		return resources.Resource{}, err
@@ -133,7 +179,7 @@ func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map
 	if err == nil {
 		var keyID string
 		var sealed []byte
-		if keyID, sealed, err = p.sealJSON("resource/"+name, "admin", admin); err == nil {
+		if keyID, sealed, err = p.sealJSON("resource/"+name, "admin", sealedResource{Params: secret, Admin: admin}); err == nil {
 			err = p.Store.ResourceReady(ctx, name, keyID, sealed)
 		}
 	}
@@ -158,17 +204,10 @@ func (p *Plane) discard(inst resources.Instance, d resources.Driver) {
 	p.Store.DeleteResource(ctx, inst.Name)
 }
 
-// publicResource is what the API shows of a stored resource: never its
-// admin credentials, nor an admin_url's password.
+// publicResource is what the API shows of a stored resource: its stored
+// parameters are already redacted, and admin credentials are sealed apart.
 func (p *Plane) publicResource(r store.ResourceRow) resources.Resource {
 	res := r.Resource
-	res.Params = make(map[string]any, len(r.Params))
-	for k, v := range r.Params {
-		if s, ok := v.(string); ok && k == "admin_url" {
-			v = redactURL(s)
-		}
-		res.Params[k] = v
-	}
 	if r.Managed {
 		res.Host = p.ResourceNet.Host
 	} else {

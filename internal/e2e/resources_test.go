@@ -128,6 +128,15 @@ func TestResourcesAndConnections(t *testing.T) {
 		if err == nil || !strings.Contains(out, "invalid resource name") {
 			t.Fatalf("bad name: %v\n%s", err, out)
 		}
+		// An external server that cannot be reached: a clear error, nothing
+		// kept, and the admin_url's password is not echoed back.
+		out, err = s.pier("resources", "create", "postgres", "bad", "--param", "admin_url=postgres://admin:topsecret@127.0.0.1:1/app")
+		if err == nil || !strings.Contains(out, "could not create postgres bad") || strings.Contains(out, "topsecret") {
+			t.Fatalf("unreachable external server: %v\n%s", err, out)
+		}
+		if out := s.mustPier("resources", "list"); strings.Contains(out, "bad") {
+			t.Fatalf("a failed create left a resource:\n%s", out)
+		}
 		if _, err := os.Stat(filepath.Join(s.dataDir, "resources", "bad")); err == nil {
 			t.Fatal("a refused resource left a directory")
 		}

@@ -71,11 +71,16 @@ func DefaultDataDir() string {
 // Run serves until ctx is done, then shuts down gracefully.
 func Run(ctx context.Context, c Config) error {
 	log := c.Log
+	var err error
 	// The server's heap is small and the proxy allocates per request: a
 	// higher GC target trades a few MB for much less collection work
 	// (bench/RESULTS.md). GOGC still overrides it.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
+	}
+	// Absolute: the bucket gateway changes the process's working directory.
+	if c.DataDir, err = filepath.Abs(c.DataDir); err != nil {
+		return fmt.Errorf("data dir: %w", err)
 	}
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir %s: %w", c.DataDir, err)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -22,7 +23,8 @@ import (
 type Daemon struct {
 	// Name is used in errors and names the pid and log files ("postgres").
 	Name string
-	// Dir holds the pid file and the log; it must exist.
+	// Dir holds the pid file and the log; it must exist and must not be
+	// writable by User (pier opens the log there as itself).
 	Dir string
 	// Argv is the command line; Argv[0] is an absolute path.
 	Argv []string
@@ -40,14 +42,22 @@ func (d Daemon) pidFile() string { return filepath.Join(d.Dir, d.Name+".pid") }
 func (d Daemon) LogFile() string { return filepath.Join(d.Dir, d.Name+".log") }
 
 // Running returns the pid of the daemon if it is alive. A pid file left by a
-// process that is gone (or whose pid now belongs to another program) does
-// not count.
+// process that is gone, or whose pid now belongs to another process (after
+// a reboot, another resource's server of the same program), does not count:
+// the file records the process's start time as well.
 func (d Daemon) Running() (int, bool) {
+	if len(d.Argv) == 0 {
+		return 0, false
+	}
 	b, err := os.ReadFile(d.pidFile())
 	if err != nil {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	fields := strings.Fields(string(b))
+	if len(fields) == 0 {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(fields[0])
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
@@ -56,16 +66,56 @@ func (d Daemon) Running() (int, bool) {
 		return 0, false
 	}
 	exe = strings.TrimSuffix(exe, " (deleted)")
-	if filepath.Base(exe) != filepath.Base(d.Argv[0]) {
+	want := d.Argv[0]
+	if real, err := filepath.EvalSymlinks(want); err == nil {
+		want = real // Debian's redis-server is a symlink to redis-check-rdb
+	}
+	if filepath.Base(exe) != filepath.Base(want) && filepath.Base(exe) != filepath.Base(d.Argv[0]) {
 		return 0, false
 	}
-	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// A zombie we have not reaped yet is not running.
-		if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			return 0, false
-		}
+	start, zombie := procStart(pid)
+	if zombie || (len(fields) > 1 && fields[1] != start) {
+		return 0, false
 	}
 	return pid, true
+}
+
+// procStart returns a process's start time (in clock ticks since boot, as
+// /proc/PID/stat has it) and whether it is a zombie.
+func procStart(pid int) (string, bool) {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", false
+	}
+	i := strings.LastIndexByte(string(st), ')')
+	if i < 0 {
+		return "", false
+	}
+	// After the command name: state is field 3, starttime field 22.
+	f := strings.Fields(string(st[i+1:]))
+	if len(f) < 20 {
+		return "", false
+	}
+	return f[19], f[0] == "Z"
+}
+
+// locks serialise Start and Stop of one daemon (keyed by its pid file), so
+// two callers cannot both start a server.
+var (
+	locksMu sync.Mutex
+	locks   = map[string]*sync.Mutex{}
+)
+
+func (d Daemon) lock() func() {
+	locksMu.Lock()
+	m, ok := locks[d.pidFile()]
+	if !ok {
+		m = &sync.Mutex{}
+		locks[d.pidFile()] = m
+	}
+	locksMu.Unlock()
+	m.Lock()
+	return m.Unlock
 }
 
 // Credential returns the uid and gid of name ("" or the current user: nil).
@@ -103,6 +153,10 @@ func (d Daemon) Chown(paths ...string) error {
 // for the server to accept connections; the caller checks that its own way.
 // The process is reaped by a goroutine while pier lives and by init after.
 func (d Daemon) Start() (int, error) {
+	if len(d.Argv) == 0 {
+		return 0, fmt.Errorf("start %s: no command", d.Name)
+	}
+	defer d.lock()()
 	if pid, ok := d.Running(); ok {
 		return pid, nil
 	}
@@ -136,7 +190,8 @@ func (d Daemon) Start() (int, error) {
 	}
 	pid := cmd.Process.Pid
 	go cmd.Wait()
-	if err := os.WriteFile(d.pidFile(), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+	start, _ := procStart(pid)
+	if err := os.WriteFile(d.pidFile(), []byte(strconv.Itoa(pid)+"\n"+start+"\n"), 0o600); err != nil {
 		cmd.Process.Kill()
 		return 0, err
 	}
@@ -146,6 +201,7 @@ func (d Daemon) Start() (int, error) {
 // Stop sends SIGTERM (or sig, if given), waits up to grace for the process
 // to exit, then kills it.
 func (d Daemon) Stop(ctx context.Context, grace time.Duration, sig ...syscall.Signal) error {
+	defer d.lock()()
 	pid, ok := d.Running()
 	if !ok {
 		os.Remove(d.pidFile())
