@@ -51,7 +51,9 @@ func (p *Plane) bound(ctx context.Context, app string) ([]resources.Bound, error
 		}
 		d, err := p.Resources.Driver(c.Type)
 		if err != nil {
-			return nil, err
+			// A connection whose resource is gone must not stop the app.
+			p.Log.Error("connection to a missing resource; skipped", "app", app, "resource", c.Target)
+			continue
 		}
 		cr, err := p.creds(c)
 		if err != nil {
@@ -157,9 +159,14 @@ func (p *Plane) grantConnection(ctx context.Context, app string, cp connPlan, ou
 		return resources.Connection{}, nil, err
 	}
 	row.Env = resources.EnvNames([]resources.Bound{{As: cp.as, Type: cp.d.Info(), Creds: cr}})
+	// Undo keeps the row, marked, until the revoke succeeds: a failed
+	// revoke is retried by the maintenance loop, never forgotten.
 	undo := func() {
-		p.Store.DeleteConnection(context.Background(), app, target)
-		p.revoke(cp.d, inst, g, cr)
+		ctx := context.Background()
+		p.Store.SetConnectionStatus(ctx, app, target, store.ConnRevoking)
+		if err := p.revoke(cp.d, inst, g, cr); err == nil {
+			p.Store.DeleteConnection(ctx, app, target)
+		}
 	}
 	return row.Connection, undo, nil
 }
@@ -214,7 +221,7 @@ func (p *Plane) declaredConnections(ctx context.Context, app string, decls []app
 	}
 	var plans []connPlan
 	for _, d := range decls {
-		if c, ok := findConn(existing, d.Resource); ok {
+		if c, ok := findConn(existing, d.Resource); ok && c.Status != store.ConnRevoking {
 			if d.Access != "" && resources.Access(d.Access) != c.Access {
 				return nil, pier.Errorf(pier.Conflict, "pier.toml asks for %s access to %s, but %s is connected with %s; run `pier disconnect %s %s` first to change it",
 					d.Access, d.Resource, app, c.Access, app, d.Resource)
@@ -329,7 +336,7 @@ func (p *Plane) finishRevoke(ctx context.Context, c store.ConnectionRow) error {
 	if err := p.revoke(d, inst, resources.Grant{App: c.App, Access: c.Access}, cr); err != nil {
 		return &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("could not revoke %s's access to %s; it will be retried", c.App, c.Target), Err: err}
 	}
-	return p.Store.DeleteConnection(ctx, c.App, c.Target)
+	return p.Store.DeleteRevoked(ctx, c.App, c.Target, c.KeyID, c.Sealed)
 }
 
 // Connections lists connections, filtered by app and/or target ("" = all),

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/pier-dev/pier/internal/store"
@@ -24,7 +25,8 @@ func (p *Plane) StartResources(ctx context.Context) error {
 		}
 		inst, err := p.instance(r)
 		if err != nil {
-			return err
+			p.Log.Error("resource credentials", "resource", r.Name, "err", err)
+			continue
 		}
 		switch r.Status {
 		case "creating", "deleting":
@@ -32,7 +34,10 @@ func (p *Plane) StartResources(ctx context.Context) error {
 			p.discard(inst, d)
 			p.resourceEvent(ctx, r.Name, "resource.delete", "%s %s removed: its %s was interrupted", r.Type, r.Name, map[string]string{"creating": "creation", "deleting": "deletion"}[r.Status])
 		default:
-			if err := d.Start(ctx, inst); err != nil {
+			sctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
+			err := d.Start(sctx, inst)
+			cancel()
+			if err != nil {
 				p.Log.Error("start resource", "resource", r.Name, "err", err)
 				continue
 			}
@@ -53,7 +58,20 @@ func (p *Plane) finishRevokes(ctx context.Context) {
 		if c.Status != store.ConnRevoking {
 			continue
 		}
-		if err := p.finishRevoke(ctx, c); err != nil {
+		// A disconnect under way holds the app's lock and revokes itself
+		// once its roll is done; only abandoned rows are ours.
+		unlock, err := p.lock(c.App, "a revoke")
+		if err != nil {
+			continue
+		}
+		c, err := p.Store.Connection(ctx, c.App, c.Target)
+		if err != nil || c.Status != store.ConnRevoking {
+			unlock()
+			continue
+		}
+		err = p.finishRevoke(ctx, c)
+		unlock()
+		if err != nil {
 			p.Log.Warn("revoke connection; will retry", "app", c.App, "resource", c.Target, "err", err)
 			continue
 		}
@@ -68,6 +86,7 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	lastBackups := time.Time{}
+	var backingUp atomic.Bool
 	failing := map[string]bool{}
 	for {
 		select {
@@ -87,13 +106,24 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			if err != nil {
 				continue
 			}
+			// Never under a delete, backup or restore of the resource.
+			unlock, err := p.lock(r.Name, "a health check")
+			if err != nil {
+				continue
+			}
+			if cur, err := p.Store.Resource(ctx, r.Name); err != nil || cur.Status != "ready" {
+				unlock()
+				continue
+			}
 			inst, err := p.instance(r)
 			if err != nil {
+				unlock()
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
 			err = d.Start(sctx, inst)
 			cancel()
+			unlock()
 			switch {
 			case err != nil && !failing[r.Name]:
 				failing[r.Name] = true
@@ -106,9 +136,13 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			}
 		}
 		p.finishRevokes(ctx)
-		if time.Since(lastBackups) >= time.Minute {
+		// Backups take minutes: in their own goroutine, one round at a time.
+		if time.Since(lastBackups) >= time.Minute && backingUp.CompareAndSwap(false, true) {
 			lastBackups = time.Now()
-			p.scheduledBackups(ctx, time.Now())
+			go func() {
+				defer backingUp.Store(false)
+				p.scheduledBackups(ctx, time.Now())
+			}()
 		}
 	}
 }

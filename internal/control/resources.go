@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -216,18 +217,22 @@ func (p *Plane) publicResource(r store.ResourceRow) resources.Resource {
 	return res
 }
 
+// redactURL keeps a URL's scheme, user, host and path: no password, no
+// query (which may carry one too).
 func redactURL(s string) string {
-	at := strings.LastIndex(s, "@")
-	scheme := strings.Index(s, "://")
-	if at < 0 || scheme < 0 || at < scheme {
-		return s
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" {
+		return "(redacted)"
 	}
-	userinfo := s[scheme+3 : at]
-	user, _, hasPass := strings.Cut(userinfo, ":")
-	if !hasPass {
-		return s
+	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			r.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			r.User = url.User(u.User.Username())
+		}
 	}
-	return s[:scheme+3] + user + ":xxxxx" + s[at:]
+	return r.String()
 }
 
 // ListResources lists every resource.
@@ -268,6 +273,9 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 	if err != nil {
 		return err
 	}
+	if r.Status == "creating" {
+		return pier.Errorf(pier.Conflict, "%s is still being created; try again when it is ready", name)
+	}
 	if len(conns) > 0 && !force {
 		apps := make([]string, len(conns))
 		for i, c := range conns {
@@ -275,16 +283,28 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 		}
 		return pier.Errorf(pier.Precondition, "%s is connected to %s; disconnect them first (`pier disconnect APP %s`) or pass --force to revoke their access and delete it", name, strings.Join(apps, ", "), name)
 	}
-	for _, c := range conns {
-		if err := p.Disconnect(ctx, c.App, name, out); err != nil {
-			return fmt.Errorf("disconnect %s: %w", c.App, err)
-		}
-	}
 	unlock, err := p.lock(name, "a resource delete")
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	// Marked first: no new connection is made to a resource being deleted.
+	if err := p.Store.SetResourceStatus(ctx, name, "deleting"); err != nil {
+		return err
+	}
+	for _, c := range conns {
+		if err := p.Disconnect(ctx, c.App, name, out); err != nil {
+			p.Store.SetResourceStatus(context.Background(), name, "ready")
+			return fmt.Errorf("disconnect %s: %w", c.App, err)
+		}
+	}
+	if left, err := p.Store.Connections(ctx, "", name); err != nil || len(left) > 0 {
+		p.Store.SetResourceStatus(context.Background(), name, "ready")
+		if err == nil {
+			err = pier.Errorf(pier.Conflict, "%s got a new connection while being deleted; try again", name)
+		}
+		return err
+	}
 	d, err := p.Resources.Driver(r.Type)
 	if err != nil {
 		return err
@@ -294,7 +314,6 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 		return err
 	}
 	fmt.Fprintf(out, "==> Deleting %s %s\n", r.Type, name)
-	p.Store.SetResourceStatus(ctx, name, "deleting")
 	dctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
 	defer cancel()
 	if err := d.Destroy(dctx, inst); err != nil {

@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,13 +184,26 @@ func TestResourcesAndConnections(t *testing.T) {
 			}
 		}
 
+		// Under runc the host firewall lets a machine reach only the
+		// resources its app is connected to.
+		if s.isolated() {
+			for _, r := range list {
+				if r.Name != "db" {
+					continue
+				}
+				addr := fmt.Sprintf("/dial?addr=%s:%d", r.Host, r.Port)
+				s.expect("web", "GET", addr, "", 200, "connected")
+				s.expect("nocon", "GET", addr, "", 502, "")
+			}
+		}
+
 		// Redis: web's keys only, no admin commands; read cannot write.
 		s.expect("web", "GET", "/redis?c=SET&c=web:greeting&c=hello", "", 200, "OK")
 		s.expect("web", "GET", "/redis?c=GET&c=web:greeting", "", 200, "hello")
 		s.expect("web", "GET", "/redis?c=GET&c=reports:secret", "", 403, "NOPERM")
 		s.expect("web", "GET", "/redis?c=FLUSHALL", "", 403, "NOPERM")
 		s.expect("web", "GET", "/redis?c=CONFIG&c=GET&c=*", "", 403, "NOPERM")
-		s.expect("reports", "GET", "/redis?c=GET&c=reports:x", "", 200, "")
+		s.expect("reports", "GET", "/redis?c=GET&c=reports:x", "", 200, "<nil>")
 		s.expect("reports", "GET", "/redis?c=SET&c=reports:x&c=1", "", 403, "NOPERM")
 		s.expect("reports", "GET", "/redis?c=GET&c=web:greeting", "", 403, "NOPERM")
 
@@ -281,6 +297,22 @@ func TestResourcesAndConnections(t *testing.T) {
 			t.Errorf("dot graph:\n%s", dot)
 		}
 
+		// Destroying an app revokes its connections.
+		var reportsCache control.ConnectionDetail
+		if err := json.Unmarshal([]byte(s.mustPier("connections", "show", "reports", "cache", "--reveal", "--json")), &reportsCache); err != nil {
+			t.Fatal(err)
+		}
+		if err := redisLogin(reportsCache.Values["REDIS_URL"]); err != nil {
+			t.Fatalf("reports' Redis credentials do not log in before the destroy: %v", err)
+		}
+		s.mustPier("apps", "destroy", "reports", "--yes")
+		if out := s.mustPier("connections"); strings.Contains(out, "reports") {
+			t.Fatalf("connections of a destroyed app remain:\n%s", out)
+		}
+		if redisLogin(reportsCache.Values["REDIS_URL"]) == nil {
+			t.Fatal("a destroyed app's Redis credentials still log in")
+		}
+
 		// A connected resource is not deleted by accident; --force revokes
 		// first.
 		if out, err := s.pier("resources", "delete", "cache"); err == nil || !strings.Contains(out, "connected to") {
@@ -306,4 +338,28 @@ func assertNotInFiles(t *testing.T, path, secret string) {
 	if strings.Contains(string(b), secret) {
 		t.Fatalf("%s holds a credential in plain text", path)
 	}
+}
+
+// redisLogin authenticates with a redis:// URL's user and password.
+func redisLogin(rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	pw, _ := u.User.Password()
+	fmt.Fprintf(c, "AUTH %s %s\r\n", u.User.Username(), pw)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+OK") {
+		return fmt.Errorf("AUTH: %s", strings.TrimSpace(line))
+	}
+	return nil
 }

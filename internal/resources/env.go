@@ -23,6 +23,9 @@ func EnvPrefix(as string) string {
 
 // ValidateAs checks a connection name given with --as.
 func ValidateAs(as string) error {
+	if p := EnvPrefix(as); p == "PIER" || strings.HasPrefix(p, "PIER_") {
+		return pier.Errorf(pier.Invalid, "--as %q: names starting with pier are reserved for pier's own variables", as)
+	}
 	if err := pier.ValidateEnvName(EnvPrefix(as)); err != nil {
 		return pier.Errorf(pier.Invalid, "--as %q: a connection name must make a valid env var prefix (letters, digits, - and _, not starting with a digit)", as)
 	}

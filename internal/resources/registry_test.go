@@ -119,6 +119,9 @@ func TestEnv(t *testing.T) {
 	if err := ValidateAs("9lives"); err == nil {
 		t.Error("--as 9lives accepted")
 	}
+	if err := ValidateAs("pier"); err == nil {
+		t.Error("--as pier accepted: PIER_ variables are pier's own")
+	}
 	if err := ValidateAs("primary-db"); err != nil {
 		t.Error(err)
 	}

@@ -155,6 +155,15 @@ func (s *Store) DeleteConnection(ctx context.Context, app, target string) error 
 	return err
 }
 
+// DeleteRevoked forgets a connection whose credentials were revoked: only
+// the very row that was revoked (same sealed credentials, still marked), so
+// a reconnect made meanwhile is kept.
+func (s *Store) DeleteRevoked(ctx context.Context, app, target, keyID string, sealed []byte) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM connections WHERE app = ? AND target = ? AND status = 'revoking' AND key_id = ? AND sealed = ?`,
+		app, target, keyID, sealed)
+	return err
+}
+
 // Connection returns the connection app -> target, or NotFound.
 func (s *Store) Connection(ctx context.Context, app, target string) (ConnectionRow, error) {
 	cs, err := s.connections(ctx, `WHERE app = ? AND target = ?`, app, target)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -30,11 +31,23 @@ func main() {
 	http.HandleFunc("/redis", redisDo)
 	http.HandleFunc("/s3/put", s3Put)
 	http.HandleFunc("/s3/get", s3Get)
+	http.HandleFunc("/dial", dial)
 	fmt.Println("listening on", os.Getenv("PORT"))
 	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// dial opens a TCP connection to ?addr=host:port: 200 if it connects.
+func dial(w http.ResponseWriter, r *http.Request) {
+	c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 3*time.Second)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	c.Close()
+	fmt.Fprintln(w, "connected")
 }
 
 // envNames lists the names of the app's environment variables.
