@@ -275,24 +275,12 @@ func (p *Plane) changeSecrets(ctx context.Context, app, desc string, out io.Writ
 		return nil, err
 	}
 	defer unlock()
-	a, err := p.Store.App(ctx, app)
-	if err != nil {
+	if _, err := p.Store.App(ctx, app); err != nil {
 		return nil, err
 	}
 	if err := change(); err != nil {
 		return nil, err
 	}
 	p.event(ctx, app, "secrets", "%s", desc)
-	if a.Release == 0 {
-		fmt.Fprintf(out, "==> %s has no release yet; the secrets apply from its first deploy\n", app)
-		return nil, nil
-	}
-	cur, err := p.Store.Release(ctx, app, a.Release)
-	if err != nil {
-		return nil, err
-	}
-	rel := cur
-	rel.Status, rel.Description, rel.CreatedAt = pier.ReleasePending, desc, time.Now().UTC()
-	r, err := p.rollout(ctx, rel, out)
-	return &r, err
+	return p.reroll(ctx, app, desc, out)
 }
