@@ -81,18 +81,23 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ct
 	return resp, nil
 }
 
-// call sends in as JSON (if not nil) and decodes the answer into out (if not nil).
-func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+// doJSON sends in as JSON (if not nil) with method to path.
+func (c *Client) doJSON(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	ctype := ""
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body, ctype = bytes.NewReader(b), "application/json"
 	}
-	resp, err := c.do(ctx, method, path, body, ctype)
+	return c.do(ctx, method, path, body, ctype)
+}
+
+// call sends in as JSON (if not nil) and decodes the answer into out (if not nil).
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.doJSON(ctx, method, path, in)
 	if err != nil {
 		return err
 	}
@@ -186,11 +191,7 @@ func (c *Client) UnsetSecrets(ctx context.Context, app string, names []string, o
 }
 
 func (c *Client) streamJSON(ctx context.Context, path string, in any, out io.Writer) (*pier.Release, error) {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.do(ctx, "POST", path, bytes.NewReader(b), "application/json")
+	resp, err := c.doJSON(ctx, "POST", path, in)
 	if err != nil {
 		return nil, err
 	}
@@ -243,16 +244,7 @@ func followResult(resp *http.Response, out io.Writer) (api.Message, error) {
 // stream sends in as JSON with method to path and follows the streamed
 // answer, decoding its result data into v (if not nil).
 func (c *Client) stream(ctx context.Context, method, path string, in, v any, out io.Writer) error {
-	var body io.Reader
-	ctype := ""
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body, ctype = bytes.NewReader(b), "application/json"
-	}
-	resp, err := c.do(ctx, method, path, body, ctype)
+	resp, err := c.doJSON(ctx, method, path, in)
 	if err != nil {
 		return err
 	}
