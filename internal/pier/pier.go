@@ -62,6 +62,9 @@ type RunConfig struct {
 	// DenyOutbound cuts the app's machines off from networks beyond pier
 	// (needs an isolating runtime).
 	DenyOutbound bool `json:"deny_outbound,omitempty"`
+	// ForceHTTPS redirects the app's plain-HTTP requests to HTTPS when the
+	// edge serves HTTPS.
+	ForceHTTPS bool `json:"force_https,omitempty"`
 }
 
 // Check is a health check of a machine. Type "tcp" connects to PORT; "http"

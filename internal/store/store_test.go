@@ -113,3 +113,40 @@ func TestMachinesAndEvents(t *testing.T) {
 		t.Fatalf("events = %+v %v", evs, err)
 	}
 }
+
+func TestCerts(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	if err := s.CreateApp(ctx, pier.App{Name: "web", Count: 1, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateCert(ctx, pier.Cert{Domain: "www.example.com", App: "nope", CreatedAt: time.Now()}); pier.KindOf(err) != pier.NotFound {
+		t.Fatalf("cert of a missing app: %v", err)
+	}
+	if err := s.CreateCert(ctx, pier.Cert{Domain: "www.example.com", App: "web", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateCert(ctx, pier.Cert{Domain: "www.example.com", App: "web", CreatedAt: time.Now()}); pier.KindOf(err) != pier.Conflict {
+		t.Fatalf("duplicate domain: %v", err)
+	}
+	if err := s.CreateCert(ctx, pier.Cert{Domain: "api.example.com", App: "web", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteCert(ctx, "api.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteCert(ctx, "api.example.com"); pier.KindOf(err) != pier.NotFound {
+		t.Fatalf("delete twice: %v", err)
+	}
+	certs, err := s.Certs(ctx)
+	if err != nil || len(certs) != 1 || certs[0].Domain != "www.example.com" || certs[0].App != "web" {
+		t.Fatalf("certs = %+v, %v", certs, err)
+	}
+	// Destroying the app takes its domains with it.
+	if err := s.DeleteApp(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if certs, err := s.Certs(ctx); err != nil || len(certs) != 0 {
+		t.Fatalf("certs after the app was deleted = %+v, %v", certs, err)
+	}
+}
