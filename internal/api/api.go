@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/auth"
+	"github.com/pier-dev/pier/internal/certs"
 	"github.com/pier-dev/pier/internal/control"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
@@ -30,6 +31,8 @@ type Server struct {
 	Metrics http.Handler
 	// Machines runs the machines API.
 	Machines *machines.Manager
+	// Certs keeps custom domains and their certificates.
+	Certs *certs.Manager
 }
 
 // Handler returns the API's routes behind authentication.
@@ -52,6 +55,9 @@ func (s *Server) Handler() http.Handler {
 	s.resourceRoutes(mux)
 	if s.Machines != nil {
 		s.machineRoutes(mux)
+	}
+	if s.Certs != nil {
+		s.certRoutes(mux)
 	}
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)

@@ -36,6 +36,8 @@ type Config struct {
 	HTTPService HTTPService `toml:"http_service"`
 	// Network controls what the app's machines may reach.
 	Network Network `toml:"network"`
+	// HTTP controls how the edge serves the app.
+	HTTP HTTP `toml:"http"`
 	// Connections are the resources the app uses; a deploy connects the
 	// missing ones (the resources must exist).
 	Connections []Connection `toml:"connections"`
@@ -50,6 +52,13 @@ type Connection struct {
 	// As names the connection and prefixes its env vars (default: the
 	// resource's name).
 	As string `toml:"as,omitempty"`
+}
+
+// HTTP is how the edge serves the app.
+type HTTP struct {
+	// ForceHTTPS redirects plain-HTTP requests to HTTPS (308) when the
+	// server serves HTTPS (--https-addr); ACME challenges are not redirected.
+	ForceHTTPS bool `toml:"force_https,omitempty"`
 }
 
 // Network is the app's network policy.
@@ -144,7 +153,7 @@ func Parse(name string, b []byte) (*Config, error) {
 		if errors.As(err, &strict) && len(strict.Errors) > 0 {
 			de := strict.Errors[0]
 			row, _ := de.Position()
-			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound, [[connections]] resource/access/as)"}
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound, [http] force_https, [[connections]] resource/access/as)"}
 		}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
@@ -282,6 +291,7 @@ func (c *Config) RunConfig() pier.RunConfig {
 	rc.MinMachines = hs.MinMachinesRunning
 	rc.IdleTimeout.Duration = orDefault(hs.IdleTimeout, 5*time.Minute)
 	rc.DenyOutbound = c.Network.Outbound == "deny"
+	rc.ForceHTTPS = c.HTTP.ForceHTTPS
 	for _, ch := range c.Checks {
 		pc := pier.Check{Type: ch.Type, Path: ch.Path}
 		if pc.Type == "" {
@@ -328,6 +338,9 @@ app = %q
 
 # [network]
 # outbound = "deny"       # no connections beyond pier (isolated runtime only)
+
+# [http]
+# force_https = true      # redirect http:// to https:// (server with --https-addr)
 
 # [http_service]
 # auto_stop_machines = "stop"   # scale to zero when idle

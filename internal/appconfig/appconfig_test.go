@@ -26,6 +26,8 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"connection twice", "[[connections]]\nresource = \"db\"\n[[connections]]\nresource = \"db\"\n", "pier.toml:4: connections[1].resource: db is declared twice"},
 		{"connection without resource", "[[connections]]\naccess = \"read\"\n", "pier.toml: connections[0].resource"},
 		{"unknown connection key", "[[connections]]\nresource = \"db\"\nrole = \"x\"\n", "pier.toml:3: connections.role: unknown key"},
+		{"force_https not a bool", "app = \"web\"\n[http]\nforce_https = \"yes\"\n", "pier.toml:3: http.force_https: "},
+		{"unknown http key", "[http]\nforce_http = true\n", "pier.toml:2: http.force_http: unknown key"},
 		{"short idle timeout", "[http_service]\nidle_timeout = \"10ms\"\n", "pier.toml:2: http_service.idle_timeout: duration \"10ms\" is too short"},
 	}
 	for _, tt := range tests {
@@ -96,5 +98,17 @@ func TestConnections(t *testing.T) {
 	want := []Connection{{Resource: "web-db", As: "db"}, {Resource: "cache", Access: "read"}}
 	if len(c.Connections) != 2 || c.Connections[0] != want[0] || c.Connections[1] != want[1] {
 		t.Errorf("connections = %+v, want %+v", c.Connections, want)
+	}
+}
+
+func TestForceHTTPS(t *testing.T) {
+	for doc, want := range map[string]bool{"": false, "[http]\nforce_https = true\n": true, "[http]\nforce_https = false\n": false} {
+		c, err := Parse("pier.toml", []byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.RunConfig().ForceHTTPS; got != want {
+			t.Errorf("%q: ForceHTTPS = %v, want %v", doc, got, want)
+		}
 	}
 }

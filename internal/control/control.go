@@ -50,6 +50,9 @@ type Plane struct {
 	ResourceDir string
 	BackupDir   string
 	ResourceNet ResourceNet
+	// AppDestroyed, if set, is told that an app is gone, for state kept
+	// outside the store (the edge's custom domains).
+	AppDestroyed func(app string)
 
 	mu   sync.Mutex
 	busy map[string]string // app -> operation under way
@@ -222,6 +225,9 @@ func (p *Plane) DestroyApp(ctx context.Context, name string) error {
 	p.revokeAll(ctx, name)
 	if err := p.Store.DeleteApp(ctx, name); err != nil {
 		return err
+	}
+	if p.AppDestroyed != nil {
+		p.AppDestroyed(name)
 	}
 	p.Logs.Remove(name)
 	if err := p.Builder.Remove(name); err != nil {

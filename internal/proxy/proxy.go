@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +34,10 @@ type Proxy struct {
 	// for an app with no machine in traffic, so a scaled-to-zero app can
 	// start one while the request waits.
 	Wake func(app string)
+
+	// domains maps custom domains to apps (SetDomains); read lock-free
+	// on every request, replaced whole on change.
+	domains atomic.Pointer[map[string]string]
 
 	mu        sync.Mutex
 	apps      map[string]*pool
@@ -279,12 +284,25 @@ func (p *Proxy) release(b *backend) {
 	}
 }
 
-// appOf returns the app named by host, or "" if host is not <app>.<domain>.
+// SetDomains replaces the custom domains routed to apps (domain -> app;
+// domains lowercase, without a trailing dot).
+func (p *Proxy) SetDomains(domains map[string]string) { p.domains.Store(&domains) }
+
+// App returns the app a Host header names, or "".
+func (p *Proxy) App(host string) string { return p.appOf(host) }
+
+// appOf returns the app named by host, or "" if host is neither
+// <app>.<domain> nor a custom domain.
 func (p *Proxy) appOf(host string) string {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if d := p.domains.Load(); d != nil {
+		if app, ok := (*d)[host]; ok {
+			return app
+		}
+	}
 	app, ok := strings.CutSuffix(host, "."+p.domain)
 	if !ok || strings.Contains(app, ".") {
 		return ""
