@@ -24,6 +24,10 @@ import (
 	"github.com/pier-dev/pier/internal/pier"
 )
 
+// DefaultACMECA is the ACME directory used unless configured otherwise:
+// Let's Encrypt's production one.
+const DefaultACMECA = certmagic.LetsEncryptProductionCA
+
 // Store keeps the custom domains and the event history; *store.Store is one.
 type Store interface {
 	CreateCert(ctx context.Context, c pier.Cert) error
@@ -146,7 +150,7 @@ func (m *Manager) setupACME() error {
 	if err := os.Chmod(c.Dir, 0o700); err != nil {
 		return fmt.Errorf("certificate storage %s: %w", c.Dir, err)
 	}
-	zl := zapLogger(m.log.With("component", "certmagic"))
+	zl := zapLogger(m.log)
 	// The cache asks which config manages a certificate; there is one.
 	var magic atomic.Pointer[certmagic.Config]
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
@@ -174,7 +178,7 @@ func (m *Manager) setupACME() error {
 	}
 	ca := c.ACMECA
 	if ca == "" {
-		ca = certmagic.LetsEncryptProductionCA
+		ca = DefaultACMECA
 	}
 	m.issuer = certmagic.NewACMEIssuer(m.magic, certmagic.ACMEIssuer{
 		CA:     ca,

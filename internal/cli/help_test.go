@@ -12,7 +12,7 @@ import (
 // has a short description and an example, and every read command has --json.
 func TestEveryCommandDocumented(t *testing.T) {
 	root := NewRoot(strings.NewReader(""), &bytes.Buffer{}, &bytes.Buffer{})
-	readCommands := map[string]bool{"pier status": true, "pier releases": true, "pier apps list": true, "pier secrets list": true, "pier logs": true}
+	readCommands := map[string]bool{"pier status": true, "pier releases": true, "pier apps list": true, "pier secrets list": true, "pier logs": true, "pier certs list": true}
 	var walk func(c *cobra.Command)
 	seen := 0
 	walk = func(c *cobra.Command) {

@@ -67,6 +67,9 @@ the credentials 'pier server' saved for the local user.`,
 		c.GroupID = "platform"
 		root.AddCommand(c)
 	}
+	certs := e.certsCmd()
+	certs.GroupID = "apps"
+	root.AddCommand(certs)
 	root.AddCommand(staticServeCmd())
 	return root
 }

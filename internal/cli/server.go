@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pier-dev/pier/internal/certs"
 	"github.com/pier-dev/pier/internal/server"
 	"github.com/spf13/cobra"
 )
@@ -27,9 +28,19 @@ with Ctrl-C or SIGTERM: traffic drains and every machine stops.
 
 Run as root with runc installed, apps and machines are isolated (own
 namespaces, cgroup limits, an address on the --bridge); otherwise apps run as
-host processes and the machines API is unavailable (see --runtime).`,
+host processes and the machines API is unavailable (see --runtime).
+
+With --https-addr the edge serves HTTPS too (TLS 1.2+, HTTP/2): custom
+domains added with 'pier certs add' get certificates from an ACME CA (Let's
+Encrypt unless --acme-ca says otherwise; HTTP-01 challenges are answered on
+--http-addr, which the CA must reach on port 80), and on a local --domain
+(localhost, *.localhost, *.test) https://X.<domain>/ gets a certificate from
+pier's own CA ('pier certs trust' prints it). Certificates and their private
+keys live in <data-dir>/certs.`,
 		Example: `  pier server
   pier server --http-addr :80 --domain apps.example.com
+  pier server --http-addr :80 --https-addr :443 --acme-email ops@example.com
+  pier server --https-addr :8443     # https://X.localhost:8443/ with pier's CA
   pier server --data-dir /tmp/pier --api-addr 127.0.0.1:5280`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -52,6 +63,15 @@ host processes and the machines API is unavailable (see --runtime).`,
 	f.StringVar(&c.Subnet, "subnet", "100.96.0.0/16", "address range of machines (runc runtime)")
 	f.StringVar(&c.Bridge, "bridge", "pier0", "Linux bridge machines attach to (runc runtime)")
 	f.DurationVar(&c.MachineIdleTimeout, "machine-idle-timeout", 5*time.Minute, "how long an app without traffic keeps machines whose service has autostop")
+	f.StringVar(&c.HTTPSAddr, "https-addr", "", "address of the edge's HTTPS listener (default: none, HTTP only)")
+	f.StringVar(&c.ACMECA, "acme-ca", certs.DefaultACMECA, "ACME directory URL that issues custom domains' certificates")
+	f.StringVar(&c.ACMEEmail, "acme-email", "", "contact email of the ACME account (expiry and problem notices)")
+	f.StringVar(&c.ACMECARoot, "acme-ca-root", "", "PEM file of a CA to trust when talking to the ACME server (for a private one, e.g. pebble)")
+	// Renewal timing, for tests of renewal with short-lived certificates.
+	f.DurationVar(&c.RenewCheckInterval, "cert-renew-check-interval", 0, "how often certificates are checked for renewal (default 10m)")
+	f.Float64Var(&c.RenewalWindowRatio, "cert-renewal-window-ratio", 0, "renew a certificate when this share of its lifetime is left (default 1/3)")
+	f.MarkHidden("cert-renew-check-interval")
+	f.MarkHidden("cert-renewal-window-ratio")
 	f.BoolVar(&debug, "debug", false, "log debug detail")
 	return cmd
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/pier-dev/pier/internal/api"
 	"github.com/pier-dev/pier/internal/auth"
 	"github.com/pier-dev/pier/internal/build"
+	"github.com/pier-dev/pier/internal/certs"
 	"github.com/pier-dev/pier/internal/control"
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/logs"
@@ -50,6 +51,20 @@ type Config struct {
 	// MachineIdleTimeout is how long an app without traffic keeps API
 	// machines whose service autostops (0: the default, 5m).
 	MachineIdleTimeout time.Duration
+	// HTTPSAddr, if set, is where the edge also serves HTTPS: custom domains
+	// with ACME certificates, and <app>.<domain> on local domains with
+	// certificates from pier's CA (LocalCA).
+	HTTPSAddr string
+	// ACMECA is the ACME directory (default: Let's Encrypt production),
+	// ACMEEmail the account's contact, and ACMECARoot a PEM file of a CA
+	// to trust when talking to the ACME server (a private one, like pebble).
+	ACMECA, ACMEEmail, ACMECARoot string
+	// RenewCheckInterval and RenewalWindowRatio tune certificate renewal
+	// (0: certmagic's defaults, every 10m and at 1/3 of the lifetime left).
+	RenewCheckInterval time.Duration
+	RenewalWindowRatio float64
+	// LocalCA certifies local domains; nil: pier's CA under the data dir.
+	LocalCA certs.LocalCA
 	// SaveCredentials writes the CLI credentials file for the local user.
 	SaveCredentials bool
 	Log             *slog.Logger
@@ -182,6 +197,23 @@ func Run(ctx context.Context, c Config) error {
 		apiLn.Close()
 		return fmt.Errorf("HTTP address %s: %w (use --http-addr to pick another)", c.HTTPAddr, err)
 	}
+	var httpsLn net.Listener
+	if c.HTTPSAddr != "" {
+		if httpsLn, err = net.Listen("tcp", c.HTTPSAddr); err != nil {
+			apiLn.Close()
+			httpLn.Close()
+			return fmt.Errorf("HTTPS address %s: %w (use --https-addr to pick another)", c.HTTPSAddr, err)
+		}
+		defer httpsLn.Close() // Serve closes it too; this covers the early returns
+	}
+	certMgr, closeCerts, err := openCerts(ctx, c, st, edge, keys, httpLn, httpsLn, log)
+	if err != nil {
+		apiLn.Close()
+		httpLn.Close()
+		return err
+	}
+	defer closeCerts()
+	plane.AppDestroyed = certMgr.AppDestroyed
 	apiURL := "http://" + dialable(apiLn.Addr())
 	httpPort := httpLn.Addr().(*net.TCPAddr).Port
 	appURL := func(app string) string {
@@ -218,7 +250,7 @@ func Run(ctx context.Context, c Config) error {
 		}
 	}
 	apiSrv := &http.Server{
-		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}).Handler(),
+		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Certs: certMgr}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// Requests see the server's context, so long streams (logs -f) end
@@ -246,9 +278,25 @@ func Run(ctx context.Context, c Config) error {
 		go func() { defer wg.Done(); mach.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
 		wg.Wait()
 	}()
-	errs := make(chan error, 2)
+	var httpsSrv *http.Server
+	if httpsLn != nil {
+		// ACME challenges and force_https redirects come in over plain HTTP.
+		httpSrv.Handler = certMgr.HTTPHandler(edge)
+		httpsSrv = &http.Server{
+			Handler:           edge,
+			TLSConfig:         certMgr.TLSConfig(),
+			ReadHeaderTimeout: httpSrv.ReadHeaderTimeout,
+			IdleTimeout:       httpSrv.IdleTimeout,
+			ErrorLog:          httpSrv.ErrorLog, // failed handshakes of scanners are no news
+		}
+	}
+	errs := make(chan error, 3)
 	go func() { errs <- serve(apiSrv, apiLn) }()
 	go func() { errs <- serve(httpSrv, httpLn) }()
+	if httpsSrv != nil {
+		go func() { errs <- serveTLS(httpsSrv, httpsLn) }()
+	}
+	certMgr.Manage() // the HTTP listener serves: challenges can be answered
 
 	if c.SaveCredentials {
 		if path, err := auth.SaveCredentials(auth.Credentials{API: apiURL, Token: token}); err != nil {
@@ -257,7 +305,7 @@ func Run(ctx context.Context, c Config) error {
 			log.Info("saved CLI credentials", "path", path)
 		}
 	}
-	log.Info("pier server ready", "api", apiURL, "http", httpLn.Addr().String(), "domain", c.Domain, "data_dir", c.DataDir)
+	log.Info("pier server ready", "api", apiURL, "http", httpLn.Addr().String(), "https", c.HTTPSAddr, "domain", c.Domain, "data_dir", c.DataDir)
 	if c.Ready != nil {
 		c.Ready(apiURL)
 	}
@@ -273,6 +321,9 @@ func Run(ctx context.Context, c Config) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	httpSrv.Shutdown(shutCtx)
+	if httpsSrv != nil {
+		httpsSrv.Shutdown(shutCtx)
+	}
 	apiSrv.Shutdown(shutCtx)
 	sup.Shutdown(0)
 	mach.Shutdown(10 * time.Second)
@@ -282,6 +333,13 @@ func Run(ctx context.Context, c Config) error {
 
 func serve(s *http.Server, ln net.Listener) error {
 	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func serveTLS(s *http.Server, ln net.Listener) error {
+	if err := s.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
