@@ -3,7 +3,7 @@
 # git, curl, Python 3 and Node.js/npm (for the Python and Node builders),
 # runc and iptables (the isolating machine runtime) and a static busybox
 # (its tests put it in their machine images), PostgreSQL 15 and Redis (the
-# servers behind managed resources).
+# servers behind managed resources), and pebble (a local ACME server).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -37,3 +37,16 @@ if ! command -v go >/dev/null; then
   echo "pier needs Go (https://go.dev/doc/install); it was not found on PATH" >&2
   exit 1
 fi
+
+# pebble (a local ACME server) and its mock DNS, for the HTTPS tests. Pinned:
+# its config format changes between versions. The tests also use the test
+# certificates in its module, which `go install` leaves in the module cache.
+PEBBLE_VERSION=v2.10.1
+gobin=$(go env GOPATH)/bin
+pebble_certs=$(go env GOMODCACHE)/github.com/letsencrypt/pebble/v2@$PEBBLE_VERSION/test/certs
+for tool in pebble pebble-challtestsrv; do
+  if [[ ! -x $gobin/$tool || ! -d $pebble_certs ]]; then
+    echo "==> Installing $tool $PEBBLE_VERSION (go install)"
+    GOTOOLCHAIN=local go install "github.com/letsencrypt/pebble/v2/cmd/$tool@$PEBBLE_VERSION"
+  fi
+done

@@ -441,7 +441,7 @@ func (m *Manager) event(ctx context.Context, app, typ, format string, args ...an
 // certificates (`pier certs trust`).
 func (m *Manager) CAPEM() ([]byte, error) {
 	if m.cfg.LocalCA == nil {
-		return nil, pier.Errorf(pier.Unavailable, "this server has no local CA")
+		return nil, pier.Errorf(pier.Unavailable, "this server has no local CA: it certifies apps when started with --https-addr on a local --domain (localhost, *.localhost or *.test)")
 	}
 	return m.cfg.LocalCA.AnchorsPEM(), nil
 }

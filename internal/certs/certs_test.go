@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -113,7 +114,14 @@ func (c *fakeCA) AnchorsPEM() []byte { return []byte("PEM") }
 func open(t *testing.T, httpsPort int, st *fakeStore, ca LocalCA) (*Manager, *fakeRouter) {
 	t.Helper()
 	r := &fakeRouter{}
-	m, err := Open(context.Background(), Config{Dir: t.TempDir(), Domain: "localhost", HTTPSPort: httpsPort, HTTPAddr: "127.0.0.1:1",
+	// Not t.TempDir: certmagic's background obtain attempts (against a CA
+	// that is not there) may still write to it after Close.
+	dir, err := os.MkdirTemp("", "pier-certs-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	m, err := Open(context.Background(), Config{Dir: dir, Domain: "localhost", HTTPSPort: httpsPort, HTTPAddr: "127.0.0.1:1",
 		ACMECA: "https://127.0.0.1:1/dir", LocalCA: ca, Store: st, Apps: st, Router: r, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

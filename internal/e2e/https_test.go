@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,6 +216,26 @@ func TestHTTPSCustomDomainACME(t *testing.T) {
 		eventually(t, 10*time.Second, "renewal recorded in the app's events", func() error {
 			if ev := s.api("/v1/apps/web/events"); !strings.Contains(ev, "cert.renew") {
 				return fmt.Errorf("events: %s", ev)
+			}
+			return nil
+		})
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		s.stop(syscall.SIGTERM)
+		s.start()
+		// Loaded from storage (or renewed meanwhile), not obtained anew
+		// from nothing: either way served again without a new `certs add`.
+		eventually(t, 30*time.Second, "certificate served after a restart", func() error {
+			conn, err := tls.Dial("tcp", addr, &tls.Config{ServerName: domain, RootCAs: root})
+			if err != nil {
+				return err
+			}
+			return conn.Close()
+		})
+		eventually(t, 30*time.Second, "app served over HTTPS after a restart", func() error {
+			if resp, body := httpsGet(t, addr, root, domain, "/"); resp.StatusCode != 200 || !strings.Contains(body, "hello from go") {
+				return fmt.Errorf("%s %q", resp.Status, body)
 			}
 			return nil
 		})
