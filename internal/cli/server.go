@@ -27,7 +27,11 @@ with Ctrl-C or SIGTERM: traffic drains and every machine stops.
 
 Run as root with runc installed, apps and machines are isolated (own
 namespaces, cgroup limits, an address on the --bridge); otherwise apps run as
-host processes and the machines API is unavailable (see --runtime).`,
+host processes and the machines API is unavailable (see --runtime).
+
+Isolated apps call each other through the mesh at http://<app>.internal once
+connected (pier connect web api): mutual TLS with per-app identities from the
+server's own CA, policy from connections, metrics in pier stat.`,
 		Example: `  pier server
   pier server --http-addr :80 --domain apps.example.com
   pier server --data-dir /tmp/pier --api-addr 127.0.0.1:5280`,
@@ -51,6 +55,10 @@ host processes and the machines API is unavailable (see --runtime).`,
 	f.StringVar(&c.Runtime, "runtime", "auto", "where apps and machines run: auto (isolated under runc when root with runc installed), runc (required) or process (apps as host processes, no machines API)")
 	f.StringVar(&c.Subnet, "subnet", "100.96.0.0/16", "address range of machines (runc runtime)")
 	f.StringVar(&c.Bridge, "bridge", "pier0", "Linux bridge machines attach to (runc runtime)")
+	f.StringVar(&c.ServiceSubnet, "service-subnet", "100.127.0.0/16", "service addresses of apps, <app>.internal inside machines (runc runtime); not routed anywhere")
+	f.IntVar(&c.MeshPort, "mesh-port", 15001, "port on the machines' gateway where the mesh takes app-to-app calls (runc runtime)")
+	f.StringVar(&c.TrustDomain, "trust-domain", "pier.internal", "SPIFFE trust domain of the mesh identities (spiffe://<trust-domain>/app/<app>); fixed when the mesh CA is created")
+	f.DurationVar(&c.MeshCertTTL, "mesh-cert-ttl", 24*time.Hour, "lifetime of the mesh's app certificates (at least 1m); they are renewed at half-life")
 	f.DurationVar(&c.MachineIdleTimeout, "machine-idle-timeout", 5*time.Minute, "how long an app without traffic keeps machines whose service has autostop")
 	f.BoolVar(&debug, "debug", false, "log debug detail")
 	return cmd

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/build"
+	"github.com/pier-dev/pier/internal/identity"
 	"github.com/pier-dev/pier/internal/logs"
+	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/secrets"
@@ -57,6 +59,9 @@ type Plane struct {
 	// are refused.
 	Mesh          Mesh
 	ServiceSubnet netip.Prefix
+	// CA issues the mesh identities; Metrics holds the golden metrics.
+	CA      *identity.Authority
+	Metrics *metrics.Registry
 
 	mu     sync.Mutex
 	busy   map[string]string // app -> operation under way

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pier-dev/pier/internal/identity"
+	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/store"
@@ -199,4 +201,116 @@ func (p *Plane) removeCallers(ctx context.Context, app string) {
 	if p.Mesh != nil {
 		p.Mesh.RemoveService(app)
 	}
+}
+
+// Identity is an app's mesh identity and the certificate its machines'
+// calls carry (all machines of an app share it: the mesh proxy holds it
+// for them, and no key enters a machine).
+type Identity struct {
+	App         string            `json:"app"`
+	SPIFFEID    string            `json:"spiffe_id"`
+	Certificate identity.CertInfo `json:"certificate"`
+	TrustDomain string            `json:"trust_domain"`
+	Machines    []IdentityMachine `json:"machines"`
+	Mesh        bool              `json:"mesh"` // false: this server's runtime has no mesh data plane
+	Authority   identity.Status   `json:"authority"`
+}
+
+// IdentityMachine is one machine that carries an identity.
+type IdentityMachine struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+}
+
+// MeshIdentity returns app's identity, issuing its certificate if none is
+// current.
+func (p *Plane) MeshIdentity(ctx context.Context, app string) (Identity, error) {
+	if _, err := p.Store.App(ctx, app); err != nil {
+		return Identity{}, err
+	}
+	id := p.CA.AppID(app)
+	if _, err := p.CA.Certificate(id); err != nil {
+		return Identity{}, fmt.Errorf("certificate of %s: %w", app, err)
+	}
+	info, _ := p.CA.Issued(id)
+	out := Identity{App: app, SPIFFEID: id.String(), Certificate: info, TrustDomain: p.CA.TrustDomain().String(),
+		Mesh: p.Mesh != nil, Authority: p.CA.Status(), Machines: []IdentityMachine{}}
+	for _, m := range p.Supervisor.Machines(app) {
+		out.Machines = append(out.Machines, IdentityMachine{ID: m.ID, State: m.State})
+	}
+	return out, nil
+}
+
+// MeshStatus describes the mesh's certificate authority.
+func (p *Plane) MeshStatus() identity.Status { return p.CA.Status() }
+
+// RotateMesh rotates the issuer, or the trust anchor (which also makes a
+// new issuer) when anchor is set. Calls go on without a failure: new
+// handshakes use new certificates, and the previous anchor stays trusted
+// until every certificate under it has expired.
+func (p *Plane) RotateMesh(ctx context.Context, anchor bool) (identity.Status, error) {
+	var err error
+	what := "issuer"
+	if anchor {
+		what = "trust anchor"
+		err = p.CA.RotateAnchor(ctx)
+	} else {
+		err = p.CA.RotateIssuer(ctx)
+	}
+	if err != nil {
+		return identity.Status{}, fmt.Errorf("rotate the mesh %s: %w", what, err)
+	}
+	st := p.CA.Status()
+	p.event(ctx, "mesh", "mesh.rotate", "rotated the %s; issuer is now %s", what, st.Issuer.Serial)
+	return st, nil
+}
+
+// MaxMetricsWindow bounds the windows of metrics queries.
+const MaxMetricsWindow = 24 * time.Hour
+
+func checkWindow(w time.Duration) error {
+	if w < time.Second || w > MaxMetricsWindow {
+		return pier.Errorf(pier.Invalid, "window %s: want between 1s and 24h", w)
+	}
+	return nil
+}
+
+// Stats are the golden metrics per app (by callee, every caller merged,
+// the edge proxy included), or per edge (caller → callee) with edges.
+func (p *Plane) Stats(window time.Duration, edges bool) ([]metrics.Stat, error) {
+	if err := checkWindow(window); err != nil {
+		return nil, err
+	}
+	if edges {
+		return p.Metrics.Edges(window), nil
+	}
+	return p.Metrics.Apps(window), nil
+}
+
+// AppStats are app's metrics per machine, and its busiest paths.
+func (p *Plane) AppStats(ctx context.Context, app string, window time.Duration, limit int) (machines, paths []metrics.Stat, err error) {
+	if _, err := p.Store.App(ctx, app); err != nil {
+		return nil, nil, err
+	}
+	if err := checkWindow(window); err != nil {
+		return nil, nil, err
+	}
+	if limit <= 0 || limit > 100 {
+		limit = 20
+	}
+	return p.Metrics.Machines(app, window), p.Metrics.Paths(app, window, limit), nil
+}
+
+// History is app's metrics over time (src "" = every caller).
+func (p *Plane) History(ctx context.Context, app, src string, window, step time.Duration) ([]metrics.Point, error) {
+	if _, err := p.Store.App(ctx, app); err != nil {
+		return nil, err
+	}
+	if err := checkWindow(window); err != nil {
+		return nil, err
+	}
+	if step < time.Second || step > window {
+		return nil, pier.Errorf(pier.Invalid, "step %s: want between 1s and the window (%s)", step, window)
+	}
+	return p.Metrics.History(app, src, window, step), nil
 }

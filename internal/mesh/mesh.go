@@ -165,6 +165,9 @@ func (m *Mesh) Carry(ctx context.Context, c net.Conn, src, dst string) {
 	m.out.carry(ctx, c, call{src: src, dst: dst})
 }
 
+// SetWake sets Config.Wake; call it before Serve.
+func (m *Mesh) SetWake(f func(app string)) { m.cfg.Wake = f }
+
 // InboundAddr is the address of the inbound side ("" before Serve).
 func (m *Mesh) InboundAddr() string {
 	m.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -25,6 +26,7 @@ import (
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/machines"
+	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/proxy"
 	"github.com/pier-dev/pier/internal/runtime/process"
 	"github.com/pier-dev/pier/internal/secrets"
@@ -47,6 +49,14 @@ type Config struct {
 	Runtime string
 	// Subnet and Bridge are the machines' network (runc runtime).
 	Subnet, Bridge string
+	// ServiceSubnet holds the apps' service addresses (<app>.internal)
+	// and MeshPort is the mesh's outbound port on the machines' gateway
+	// (runc runtime). TrustDomain names the mesh identities
+	// (spiffe://<trust domain>/app/<app>), valid for MeshCertTTL.
+	ServiceSubnet string
+	MeshPort      int
+	TrustDomain   string
+	MeshCertTTL   time.Duration
 	// MachineIdleTimeout is how long an app without traffic keeps API
 	// machines whose service autostops (0: the default, 5m).
 	MachineIdleTimeout time.Duration
@@ -125,9 +135,23 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	builder := &build.Builder{Dir: filepath.Join(c.DataDir, "builds")}
+	// The mesh carries app-to-app calls between isolated machines; the
+	// plane, made below, decides who may call whom.
+	var plane *control.Plane
+	var gateway netip.Addr
+	if isolated != nil {
+		gateway = isolated.Gateway()
+	}
+	mp, err := newMesh(ctx, c, keys, reg, gateway, func(src, dst string) bool { return plane.Allowed(src, dst) }, log)
+	if err != nil {
+		return err
+	}
 	supCfg := supervisor.Config{
 		Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
 		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
+	}
+	if mp.mesh != nil {
+		supCfg.Router, supCfg.Mesh = routers{edge, mp.mesh}, mp.mesh
 	}
 	var cleaner control.Cleaner
 	if isolated != nil {
@@ -168,9 +192,13 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	defer closeTypes()
-	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
+	plane = &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp"), Resources: types, ResourceNet: rnet,
-		ResourceDir: filepath.Join(c.DataDir, "resources"), BackupDir: filepath.Join(c.DataDir, "backups")}
+		ResourceDir: filepath.Join(c.DataDir, "resources"), BackupDir: filepath.Join(c.DataDir, "backups"),
+		CA: mp.ca, Metrics: mp.metrics}
+	if mp.mesh != nil {
+		plane.Mesh, plane.ServiceSubnet = mp.mesh, mp.subnet
+	}
 	hostPorts = plane.HostPorts
 
 	apiLn, err := net.Listen("tcp", c.APIAddr)
@@ -195,6 +223,15 @@ func Run(ctx context.Context, c Config) error {
 		plane.Wake(app)
 		mach.Wake(app)
 	}
+	edge.Record = func(app, machine string, r *http.Request, code int, d time.Duration, out int64) {
+		mp.metrics.Request(metrics.Edge{Src: metrics.FromEdge, Dst: app}, machine, metrics.Route{Method: r.Method, Path: r.URL.Path}, code, false, d, max(r.ContentLength, 0), out)
+	}
+	meshCtx, stopMesh := context.WithCancel(ctx)
+	defer stopMesh()
+	if mp.mesh != nil {
+		mp.mesh.SetWake(plane.Wake)
+	}
+	go mp.run(meshCtx, log)
 
 	// Resources first: apps expect their databases when they start.
 	if err := plane.StartResources(ctx); err != nil {
