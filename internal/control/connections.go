@@ -495,7 +495,10 @@ func (p *Plane) revokeAll(ctx context.Context, app string) {
 	}
 }
 
-// Graph returns every app, resource and connection.
+// Graph returns every app, resource and connection, joined to the traffic
+// the mesh observed: each edge is declared (no traffic), used, denied (no
+// connection, every attempt refused) or undeclared (traffic without a
+// connection, such as the edge proxy's, which gets a node of its own).
 func (p *Plane) Graph(ctx context.Context) (graph.Graph, error) {
 	var g graph.Graph
 	apps, err := p.Store.Apps(ctx)
@@ -525,7 +528,7 @@ func (p *Plane) Graph(ctx context.Context) (graph.Graph, error) {
 			g.Edges = append(g.Edges, graph.Edge{From: c.App, To: c.Target, Access: string(c.Access), As: c.As})
 		}
 	}
-	g.Sort()
+	p.observe(&g) // also sorts nodes and edges
 	if g.Nodes == nil {
 		g.Nodes = []graph.Node{}
 	}
