@@ -53,6 +53,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
 	mux.HandleFunc("GET /v1/apps/{app}/events", s.events)
 	s.resourceRoutes(mux)
+	s.meshRoutes(mux)
 	if s.Machines != nil {
 		s.machineRoutes(mux)
 	}

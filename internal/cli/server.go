@@ -30,6 +30,10 @@ Run as root with runc installed, apps and machines are isolated (own
 namespaces, cgroup limits, an address on the --bridge); otherwise apps run as
 host processes and the machines API is unavailable (see --runtime).
 
+Isolated apps call each other through the mesh at http://<app>.internal once
+connected (pier connect web api): mutual TLS with per-app identities from the
+server's own CA, policy from connections, metrics in pier stat.
+
 With --https-addr the edge serves HTTPS too (TLS 1.2+, HTTP/2): custom
 domains added with 'pier certs add' get certificates from an ACME CA (Let's
 Encrypt unless --acme-ca says otherwise; HTTP-01 challenges are answered on
@@ -62,6 +66,10 @@ keys live in <data-dir>/certs.`,
 	f.StringVar(&c.Runtime, "runtime", "auto", "where apps and machines run: auto (isolated under runc when root with runc installed), runc (required) or process (apps as host processes, no machines API)")
 	f.StringVar(&c.Subnet, "subnet", "100.96.0.0/16", "address range of machines (runc runtime)")
 	f.StringVar(&c.Bridge, "bridge", "pier0", "Linux bridge machines attach to (runc runtime)")
+	f.StringVar(&c.ServiceSubnet, "service-subnet", "100.126.0.0/16", "service addresses of apps, <app>.internal inside machines (runc runtime); not routed anywhere")
+	f.IntVar(&c.MeshPort, "mesh-port", 15001, "port on the machines' gateway where the mesh takes app-to-app calls (runc runtime)")
+	f.StringVar(&c.TrustDomain, "trust-domain", "pier.internal", "SPIFFE trust domain of the mesh identities (spiffe://<trust-domain>/app/<app>); fixed when the mesh CA is created")
+	f.DurationVar(&c.MeshCertTTL, "mesh-cert-ttl", 24*time.Hour, "lifetime of the mesh's app certificates (at least 1m); they are renewed at half-life")
 	f.DurationVar(&c.MachineIdleTimeout, "machine-idle-timeout", 5*time.Minute, "how long an app without traffic keeps machines whose service has autostop")
 	f.StringVar(&c.HTTPSAddr, "https-addr", "", "address of the edge's HTTPS listener (default: none, HTTP only)")
 	f.StringVar(&c.ACMECA, "acme-ca", certs.DefaultACMECA, "ACME directory URL that issues custom domains' certificates")

@@ -89,6 +89,7 @@ func (p *Plane) HostPorts(app string) []int {
 type connPlan struct {
 	r      store.ResourceRow
 	d      resources.Driver
+	callee string // for a call connection to an app, instead of r and d
 	access resources.Access
 	as     string
 }
@@ -99,7 +100,7 @@ func (p *Plane) planConnection(ctx context.Context, app, target string, access r
 	r, err := p.Store.Resource(ctx, target)
 	if err != nil {
 		if _, aerr := p.Store.App(ctx, target); aerr == nil {
-			return connPlan{}, pier.Errorf(pier.Invalid, "%s is an app; app-to-app connections come with the mesh and are not available yet", target)
+			return p.planCall(app, target, access, as, existing)
 		}
 		return connPlan{}, err
 	}
@@ -116,13 +117,8 @@ func (p *Plane) planConnection(ctx context.Context, app, target string, access r
 	if err := resources.ValidateAs(as); err != nil {
 		return connPlan{}, err
 	}
-	for _, c := range existing {
-		if c.Target == target {
-			return connPlan{}, pier.Errorf(pier.Conflict, "%s is already connected to %s (access %s); disconnect first to change it", app, target, c.Access)
-		}
-		if resources.EnvPrefix(c.As) == resources.EnvPrefix(as) {
-			return connPlan{}, pier.Errorf(pier.Conflict, "%s already has a connection named %s (to %s); pick another name with --as", app, as, c.Target)
-		}
+	if err := checkExisting(app, target, as, existing); err != nil {
+		return connPlan{}, err
 	}
 	d, err := p.Resources.Driver(r.Type)
 	if err != nil {
@@ -131,9 +127,26 @@ func (p *Plane) planConnection(ctx context.Context, app, target string, access r
 	return connPlan{r: r, d: d, access: access, as: as}, nil
 }
 
+// checkExisting refuses a second connection to target, or one whose name
+// (and so its variables) another connection of app already has.
+func checkExisting(app, target, as string, existing []store.ConnectionRow) error {
+	for _, c := range existing {
+		if c.Target == target {
+			return pier.Errorf(pier.Conflict, "%s is already connected to %s (access %s); disconnect first to change it", app, target, c.Access)
+		}
+		if resources.EnvPrefix(c.As) == resources.EnvPrefix(as) {
+			return pier.Errorf(pier.Conflict, "%s already has a connection named %s (to %s); pick another name with --as", app, as, c.Target)
+		}
+	}
+	return nil
+}
+
 // grantConnection creates the credentials of a planned connection and
 // stores them encrypted. undo revokes and forgets them.
 func (p *Plane) grantConnection(ctx context.Context, app string, cp connPlan, out io.Writer) (resources.Connection, func(), error) {
+	if cp.callee != "" {
+		return p.grantCall(ctx, app, cp, out)
+	}
 	inst, err := p.instance(cp.r)
 	if err != nil {
 		return resources.Connection{}, nil, err
@@ -173,6 +186,11 @@ func (p *Plane) grantConnection(ctx context.Context, app string, cp connPlan, ou
 
 // connected records the events of a new connection.
 func (p *Plane) connected(ctx context.Context, c resources.Connection) {
+	if c.Kind == "app" {
+		p.event(ctx, c.App, "connect", "may call %s (as %s)", c.Target, c.As)
+		p.event(ctx, c.Target, "connect", "%s may call it", c.App)
+		return
+	}
 	p.event(ctx, c.App, "connect", "connected to %s %s with %s access as %s", c.Type, c.Target, c.Access, c.As)
 	p.resourceEvent(ctx, c.Target, "connect", "%s connected with %s access", c.App, c.Access)
 }
@@ -302,21 +320,36 @@ func (p *Plane) Disconnect(ctx context.Context, app, target string, out io.Write
 	if err := p.Store.SetConnectionStatus(ctx, app, target, store.ConnRevoking); err != nil {
 		return err
 	}
+	if c.Kind == "app" {
+		// Calls are denied from now on, before the roll.
+		p.policy.set(app, target, false)
+	}
 	_, rollErr := p.reroll(ctx, app, "disconnect "+target, out)
 	if rollErr != nil {
 		fmt.Fprintf(out, "    the roll failed (%v); revoking the credentials anyway\n", firstLine(rollErr))
 	}
-	fmt.Fprintf(out, "==> Revoking %s's access to %s\n", app, target)
+	if c.Kind == "app" {
+		fmt.Fprintf(out, "==> %s may no longer call %s\n", app, target)
+	} else {
+		fmt.Fprintf(out, "==> Revoking %s's access to %s\n", app, target)
+	}
 	if err := p.finishRevoke(ctx, c); err != nil {
 		return err
 	}
 	p.event(ctx, app, "disconnect", "disconnected from %s", target)
+	if c.Kind == "app" {
+		p.event(ctx, target, "disconnect", "%s may no longer call it", app)
+		return nil
+	}
 	p.resourceEvent(ctx, target, "disconnect", "%s disconnected; its credentials were revoked", app)
 	return nil
 }
 
 // finishRevoke revokes a connection's credentials and forgets it.
 func (p *Plane) finishRevoke(ctx context.Context, c store.ConnectionRow) error {
+	if c.Kind == "app" {
+		return p.finishCallRevoke(ctx, c)
+	}
 	r, err := p.Store.Resource(ctx, c.Target)
 	if err != nil {
 		return err
@@ -377,7 +410,15 @@ func (p *Plane) connectionDetails(ctx context.Context, app, target string, revea
 			perApp[c.App] = b
 		}
 		det := ConnectionDetail{Connection: c.Connection}
-		det.Env, det.Values = p.connectionEnv(perApp[c.App], c.As, reveal)
+		if c.Kind == "app" {
+			det.Env = callEnvNames(c.As)
+			if reveal {
+				k, v, _ := strings.Cut(callEnv(c.As, c.Target)[0], "=")
+				det.Values = map[string]string{k: v}
+			}
+		} else {
+			det.Env, det.Values = p.connectionEnv(perApp[c.App], c.As, reveal)
+		}
 		out = append(out, det)
 	}
 	return out, nil
@@ -446,11 +487,18 @@ func (p *Plane) revokeAll(ctx context.Context, app string) {
 			p.Log.Warn("revoke connection; will retry", "app", app, "resource", c.Target, "err", err)
 			continue
 		}
+		if c.Kind == "app" {
+			p.event(ctx, c.Target, "disconnect", "%s was destroyed; it no longer calls", app)
+			continue
+		}
 		p.resourceEvent(ctx, c.Target, "disconnect", "%s was destroyed; its credentials were revoked", app)
 	}
 }
 
-// Graph returns every app, resource and connection.
+// Graph returns every app, resource and connection, joined to the traffic
+// the mesh observed: each edge is declared (no traffic), used, denied (no
+// connection, every attempt refused) or undeclared (traffic without a
+// connection, such as the edge proxy's, which gets a node of its own).
 func (p *Plane) Graph(ctx context.Context) (graph.Graph, error) {
 	var g graph.Graph
 	apps, err := p.Store.Apps(ctx)
@@ -480,7 +528,7 @@ func (p *Plane) Graph(ctx context.Context) (graph.Graph, error) {
 			g.Edges = append(g.Edges, graph.Edge{From: c.App, To: c.Target, Access: string(c.Access), As: c.As})
 		}
 	}
-	g.Sort()
+	p.observe(&g) // also sorts nodes and edges
 	if g.Nodes == nil {
 		g.Nodes = []graph.Node{}
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +15,9 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/build"
+	"github.com/pier-dev/pier/internal/identity"
 	"github.com/pier-dev/pier/internal/logs"
+	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/secrets"
@@ -54,8 +57,18 @@ type Plane struct {
 	// outside the store (the edge's custom domains).
 	AppDestroyed func(app string)
 
-	mu   sync.Mutex
-	busy map[string]string // app -> operation under way
+	// Mesh, when set, carries app-to-app calls; apps get service
+	// addresses from ServiceSubnet. Without it, app-to-app connections
+	// are refused.
+	Mesh          Mesh
+	ServiceSubnet netip.Prefix
+	// CA issues the mesh identities; Metrics holds the golden metrics.
+	CA      *identity.Authority
+	Metrics *metrics.Registry
+
+	mu     sync.Mutex
+	busy   map[string]string // app -> operation under way
+	policy policy
 }
 
 // lock marks app busy with op; Conflict if another operation holds it.
@@ -102,6 +115,9 @@ func (p *Plane) Restore(ctx context.Context, c Cleaner) error {
 		p.Store.RemoveMachine(ctx, id)
 	}
 	os.RemoveAll(p.TempDir)
+	if err := p.startMesh(ctx); err != nil {
+		return err
+	}
 	apps, err := p.Store.Apps(ctx)
 	if err != nil {
 		return err
@@ -145,7 +161,11 @@ func (p *Plane) env(ctx context.Context, rel pier.Release) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return dedupEnv(append(supervisor.Env(rel, plain), resources.Env(bound)...)), nil
+	calls, err := p.callsEnv(ctx, rel.App)
+	if err != nil {
+		return nil, err
+	}
+	return dedupEnv(append(append(supervisor.Env(rel, plain), resources.Env(bound)...), calls...)), nil
 }
 
 // dedupEnv keeps the last value of each variable, in the order of first
@@ -188,6 +208,11 @@ func (p *Plane) CreateApp(ctx context.Context, name string) (pier.App, error) {
 		return pier.App{}, err
 	}
 	p.Proxy.AddApp(name)
+	if err := p.addService(ctx, name); err != nil {
+		p.Store.DeleteApp(ctx, name)
+		p.Proxy.RemoveApp(name)
+		return pier.App{}, err
+	}
 	p.event(ctx, name, "app.create", "app %s created", name)
 	return a, nil
 }
@@ -223,6 +248,7 @@ func (p *Plane) DestroyApp(ctx context.Context, name string) error {
 	p.Proxy.RemoveApp(name)
 	p.Supervisor.StopApp(name, 5*time.Second)
 	p.revokeAll(ctx, name)
+	p.removeCallers(ctx, name)
 	if err := p.Store.DeleteApp(ctx, name); err != nil {
 		return err
 	}

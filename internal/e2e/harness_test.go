@@ -199,7 +199,10 @@ func (s *server) running() int {
 
 // startRuncServer starts a server whose apps and machines run under runc,
 // on a bridge and /24 of its own.
-func startRuncServer(t testing.TB) *server {
+func startRuncServer(t testing.TB) *server { return startRuncServerWith(t) }
+
+// startRuncServerWith is startRuncServer with more server flags.
+func startRuncServerWith(t testing.TB, flags ...string) *server {
 	t.Helper()
 	needRunc(t)
 	n := freeSubnet(t)
@@ -208,7 +211,7 @@ func startRuncServer(t testing.TB) *server {
 	// server keeps its bridge and firewall chains across restarts on
 	// purpose, but a test's are of no further use.
 	t.Cleanup(func() { removeBridge(t, bridge) })
-	return startServerWith(t, "--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n))
+	return startServerWith(t, append([]string{"--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n)}, flags...)...)
 }
 
 // removeBridge deletes a bridge and the firewall chains pier made for it.

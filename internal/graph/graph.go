@@ -1,6 +1,7 @@
 // Package graph is pier's dependency graph: apps and resources as nodes,
-// connections as edges. Its JSON shape is the API's /v1/graph, which the
-// web console draws; Text, DOT and Mermaid render it for people.
+// connections as edges, joined to the traffic the mesh observed (see
+// Observe). Its JSON shape is the API's /v1/graph, which the web console
+// draws; Text, DOT and Mermaid render it for people.
 package graph
 
 import (
@@ -16,31 +17,53 @@ type Graph struct {
 	Edges []Edge `json:"edges"`
 }
 
-// Node is an app or a resource.
+// Node is an app, a resource, or the public edge proxy.
 type Node struct {
-	ID     string `json:"id"`
-	Kind   string `json:"kind"` // app or resource
-	Type   string `json:"type"` // "app", or the resource type (postgres, redis, bucket)
+	ID   string `json:"id"`
+	Kind string `json:"kind"` // app, resource, or edge (only when it sent traffic)
+	// "app", the resource type (postgres, redis, bucket), or "proxy".
+	Type   string `json:"type"`
 	Status string `json:"status"`
 	// Apps only: the current release and machines serving it.
 	Release  int `json:"release,omitempty"`
 	Machines int `json:"machines,omitempty"`
 }
 
-// Edge is a connection: From may use To with Access.
+// Edge is a connection (From may use To with Access), traffic the mesh
+// saw from From to To, or both; State says which.
 type Edge struct {
-	From   string `json:"from"`
-	To     string `json:"to"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Access and As are those of the connection; both are empty when there
+	// is none (states denied and undeclared).
 	Access string `json:"access"`
 	As     string `json:"as"`
+	// State is declared, used, denied or undeclared (see the constants);
+	// empty from a server that does not observe traffic.
+	State string `json:"state"`
+	// Observed is the traffic seen on the edge; nil when none was.
+	Observed *Traffic `json:"observed,omitempty"`
 }
 
-// Sort orders nodes (apps first) and edges by name, for stable output.
+// kindRank orders nodes: the edge proxy (where traffic enters), apps,
+// then resources.
+func kindRank(kind string) int {
+	switch kind {
+	case KindEdge:
+		return 0
+	case "app":
+		return 1
+	}
+	return 2
+}
+
+// Sort orders nodes (the edge proxy, then apps, then resources) and edges
+// by name, for stable output.
 func (g *Graph) Sort() {
 	sort.Slice(g.Nodes, func(i, j int) bool {
 		a, b := g.Nodes[i], g.Nodes[j]
-		if a.Kind != b.Kind {
-			return a.Kind == "app"
+		if ra, rb := kindRank(a.Kind), kindRank(b.Kind); ra != rb {
+			return ra < rb
 		}
 		return a.ID < b.ID
 	})
@@ -69,8 +92,9 @@ func label(n Node) string {
 	return fmt.Sprintf("%s (%s)", n.ID, n.Type)
 }
 
-// Text writes the graph for a terminal: each app with its connections,
-// then resources nobody is connected to.
+// Text writes the graph for a terminal: the edge proxy and each app with
+// their connections and observed calls, then resources nobody is connected
+// to.
 func Text(w io.Writer, g Graph) {
 	g.Sort()
 	if len(g.Nodes) == 0 {
@@ -79,7 +103,7 @@ func Text(w io.Writer, g Graph) {
 	}
 	used := map[string]bool{}
 	for _, n := range g.Nodes {
-		if n.Kind != "app" {
+		if n.Kind == "resource" {
 			continue
 		}
 		fmt.Fprintf(w, "%s\n", label(n))
@@ -89,10 +113,10 @@ func Text(w io.Writer, g Graph) {
 			}
 			used[e.To] = true
 			as := ""
-			if e.As != e.To {
+			if e.As != "" && e.As != e.To {
 				as = " as " + e.As
 			}
-			fmt.Fprintf(w, "  └─%s─▶ %s%s\n", e.Access, label(g.node(e.To)), as)
+			fmt.Fprintf(w, "  └─%s─▶ %s%s%s\n", arrowLabel(e), label(g.node(e.To)), as, textState(e, n, g.node(e.To)))
 		}
 	}
 	var lonely []string
@@ -106,37 +130,204 @@ func Text(w io.Writer, g Graph) {
 	}
 }
 
-// DOT writes the graph in Graphviz's language.
+// arrowLabel names an edge on its arrow: the connection's access, or what
+// happened without one.
+func arrowLabel(e Edge) string {
+	switch {
+	case e.State == StateDenied:
+		return "denied"
+	case e.Access == "":
+		return "calls"
+	}
+	return e.Access
+}
+
+// textState is the suffix of an edge's line saying what the mesh saw on it.
+// Connections to resources do not go through the mesh: nothing is said of
+// their traffic.
+func textState(e Edge, from, to Node) string {
+	t := e.Observed
+	switch e.State {
+	case StateUsed:
+		return " (used: " + trafficText(t) + ")"
+	case StateDeclared:
+		if to.Kind != "app" {
+			return ""
+		}
+		if t != nil && t.Denied > 0 {
+			return fmt.Sprintf(" (unused, %s)", plural(t.Denied, "denied attempt"))
+		}
+		return " (unused)"
+	case StateDenied:
+		return fmt.Sprintf(" (DENIED %s)", plural(deniedOf(t), "attempt"))
+	case StateUndeclared:
+		if from.Kind == KindEdge {
+			return " (public: " + trafficText(t) + ")"
+		}
+		return " (undeclared: " + trafficText(t) + ")"
+	}
+	return ""
+}
+
+func deniedOf(t *Traffic) int64 {
+	if t == nil {
+		return 0
+	}
+	return t.Denied
+}
+
+// trafficText summarizes observed traffic: "12.0 rps, 99.5% ok, p99 3.1ms,
+// 1520 requests", with the TCP connections of traffic that is not HTTP and
+// the denials.
+func trafficText(t *Traffic) string {
+	if t == nil {
+		return "no traffic"
+	}
+	var parts []string
+	if t.Requests > 0 {
+		parts = append(parts, rate(t.RPS)+" rps", percent(t.SuccessRate, t.Requests)+" ok", "p99 "+millis(t.P99), plural(t.Requests, "request"))
+	} else if t.Connections > 0 {
+		parts = append(parts, plural(t.Connections, "TCP connection"))
+	}
+	if t.Denied > 0 {
+		parts = append(parts, fmt.Sprintf("%d denied", t.Denied))
+	}
+	if len(parts) == 0 {
+		return "no traffic"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// shortTraffic is trafficText without the counts, for diagram labels.
+func shortTraffic(t *Traffic) string {
+	if t == nil || t.Requests == 0 {
+		if t != nil && t.Connections > 0 {
+			return plural(t.Connections, "TCP connection")
+		}
+		return "no traffic"
+	}
+	return rate(t.RPS) + " rps, " + percent(t.SuccessRate, t.Requests) + " ok, p99 " + millis(t.P99)
+}
+
+func plural(n int64, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// rate formats requests per second: two decimals below 0.1, one below 100,
+// none above.
+func rate(rps float64) string {
+	switch {
+	case rps == 0:
+		return "0"
+	case rps < 0.1:
+		return fmt.Sprintf("%.2f", rps)
+	case rps < 100:
+		return fmt.Sprintf("%.1f", rps)
+	}
+	return fmt.Sprintf("%.0f", rps)
+}
+
+// percent formats a success rate with one decimal, or "-" without
+// requests. It never rounds a failure away: 99.96% shows as 99.9%.
+func percent(r float64, requests int64) string {
+	if requests == 0 {
+		return "-"
+	}
+	s := fmt.Sprintf("%.1f%%", r*100)
+	if s == "100.0%" && r < 1 {
+		return "99.9%"
+	}
+	return s
+}
+
+// millis formats a latency in milliseconds: 0.42ms, 3.1ms, 120ms, 1.5s.
+func millis(ms float64) string {
+	switch {
+	case ms < 1:
+		return fmt.Sprintf("%.2fms", ms)
+	case ms < 10:
+		return fmt.Sprintf("%.1fms", ms)
+	case ms < 1000:
+		return fmt.Sprintf("%.0fms", ms)
+	}
+	return fmt.Sprintf("%.1fs", ms/1000)
+}
+
+// DOT writes the graph in Graphviz's language: calls in use are solid and
+// labelled with their traffic, declared but unused ones dashed, denied
+// attempts red, and undeclared traffic (the edge proxy's) dotted.
 func DOT(w io.Writer, g Graph) {
 	g.Sort()
 	fmt.Fprintln(w, "digraph pier {")
 	fmt.Fprintln(w, "  rankdir=LR;")
 	for _, n := range g.Nodes {
 		shape := "box"
-		if n.Kind == "resource" {
+		switch n.Kind {
+		case "resource":
 			shape = "cylinder"
+		case KindEdge:
+			shape = "oval"
 		}
 		fmt.Fprintf(w, "  %q [label=%q, shape=%s];\n", n.ID, label(n), shape)
 	}
 	for _, e := range g.Edges {
-		fmt.Fprintf(w, "  %q -> %q [label=%q];\n", e.From, e.To, e.Access)
+		attrs := fmt.Sprintf("label=%q", e.Access)
+		switch e.State {
+		case StateUsed:
+			attrs = fmt.Sprintf("label=%q", e.Access+"\n"+shortTraffic(e.Observed))
+		case StateDeclared:
+			if g.node(e.To).Kind == "app" {
+				attrs = fmt.Sprintf("label=%q, style=dashed", e.Access+" (unused)")
+			}
+		case StateDenied:
+			attrs = fmt.Sprintf("label=%q, color=red, fontcolor=red", "DENIED "+plural(deniedOf(e.Observed), "attempt"))
+		case StateUndeclared:
+			attrs = fmt.Sprintf("label=%q, style=dotted", shortTraffic(e.Observed))
+		}
+		fmt.Fprintf(w, "  %q -> %q [%s];\n", e.From, e.To, attrs)
 	}
 	fmt.Fprintln(w, "}")
 }
 
-// Mermaid writes the graph as a Mermaid flowchart.
+// Mermaid writes the graph as a Mermaid flowchart, with the same
+// conventions as DOT: dotted links for unused calls and undeclared
+// traffic, red ones for denied attempts.
 func Mermaid(w io.Writer, g Graph) {
 	g.Sort()
 	fmt.Fprintln(w, "flowchart LR")
 	id := func(s string) string { return strings.ReplaceAll(s, "-", "_") }
 	for _, n := range g.Nodes {
-		if n.Kind == "resource" {
+		switch n.Kind {
+		case "resource":
 			fmt.Fprintf(w, "  %s[(\"%s\")]\n", id(n.ID), label(n))
-		} else {
+		case KindEdge:
+			fmt.Fprintf(w, "  %s([\"%s\"])\n", id(n.ID), label(n))
+		default:
 			fmt.Fprintf(w, "  %s[\"%s\"]\n", id(n.ID), label(n))
 		}
 	}
-	for _, e := range g.Edges {
-		fmt.Fprintf(w, "  %s -->|%s| %s\n", id(e.From), e.Access, id(e.To))
+	var red []string
+	for i, e := range g.Edges {
+		arrow, text := "-->", e.Access
+		switch e.State {
+		case StateUsed:
+			text = fmt.Sprintf("%q", e.Access+": "+shortTraffic(e.Observed))
+		case StateDeclared:
+			if g.node(e.To).Kind == "app" {
+				arrow, text = "-.->", fmt.Sprintf("%q", e.Access+" (unused)")
+			}
+		case StateDenied:
+			arrow, text = "-.->", fmt.Sprintf("%q", "DENIED "+plural(deniedOf(e.Observed), "attempt"))
+			red = append(red, fmt.Sprint(i))
+		case StateUndeclared:
+			arrow, text = "-.->", fmt.Sprintf("%q", shortTraffic(e.Observed))
+		}
+		fmt.Fprintf(w, "  %s %s|%s| %s\n", id(e.From), arrow, text, id(e.To))
+	}
+	if len(red) > 0 {
+		fmt.Fprintf(w, "  linkStyle %s stroke:red,color:red\n", strings.Join(red, ","))
 	}
 }

@@ -2,10 +2,13 @@ package graph
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -27,18 +30,48 @@ func sample() Graph {
 	}
 }
 
+// observedSample has an edge in every state: web -> api used, web -> billing
+// declared but unused, reports -> api denied, the edge proxy -> web
+// undeclared, and connections to resources (declared, not observable).
+func observedSample() Graph {
+	g := sample()
+	g.Nodes = append(g.Nodes,
+		Node{ID: "api", Kind: "app", Type: "app", Status: "deployed", Release: 7, Machines: 3},
+		Node{ID: "billing", Kind: "app", Type: "app", Status: "deployed", Release: 2, Machines: 1})
+	g.Edges = append(g.Edges,
+		Edge{From: "web", To: "api", Access: "call", As: "api"},
+		Edge{From: "web", To: "billing", Access: "call", As: "payments"})
+	seen := time.Date(2026, 11, 22, 4, 0, 0, 0, time.UTC)
+	g.Observe([]Observation{
+		{From: "edge", To: "web", Traffic: Traffic{Requests: 86400, SuccessRate: 0.9996, RPS: 12.04, P99: 31.2, LastSeen: seen}},
+		{From: "web", To: "api", Traffic: Traffic{Requests: 1520, SuccessRate: 0.995, RPS: 0.42, P99: 3.14, LastSeen: seen}},
+		{From: "reports", To: "api", Traffic: Traffic{Denied: 5, LastSeen: seen}},
+		{From: "gone", To: "api", Traffic: Traffic{Requests: 3, LastSeen: seen}}, // a destroyed app: dropped
+	})
+	return g
+}
+
 func TestRenderGolden(t *testing.T) {
 	for _, tc := range []struct {
 		file   string
+		graph  func() Graph
 		render func(*bytes.Buffer, Graph)
 	}{
-		{"graph.txt", func(b *bytes.Buffer, g Graph) { Text(b, g) }},
-		{"graph.dot", func(b *bytes.Buffer, g Graph) { DOT(b, g) }},
-		{"graph.mmd", func(b *bytes.Buffer, g Graph) { Mermaid(b, g) }},
+		{"graph.txt", sample, func(b *bytes.Buffer, g Graph) { Text(b, g) }},
+		{"graph.dot", sample, func(b *bytes.Buffer, g Graph) { DOT(b, g) }},
+		{"graph.mmd", sample, func(b *bytes.Buffer, g Graph) { Mermaid(b, g) }},
+		{"observed.txt", observedSample, func(b *bytes.Buffer, g Graph) { Text(b, g) }},
+		{"observed.dot", observedSample, func(b *bytes.Buffer, g Graph) { DOT(b, g) }},
+		{"observed.mmd", observedSample, func(b *bytes.Buffer, g Graph) { Mermaid(b, g) }},
+		{"observed.json", observedSample, func(b *bytes.Buffer, g Graph) {
+			enc := json.NewEncoder(b)
+			enc.SetIndent("", "  ")
+			enc.Encode(g)
+		}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			var b bytes.Buffer
-			tc.render(&b, sample())
+			tc.render(&b, tc.graph())
 			path := filepath.Join("testdata", tc.file)
 			if *update {
 				os.WriteFile(path, b.Bytes(), 0o644)
@@ -59,5 +92,66 @@ func TestTextEmpty(t *testing.T) {
 	Text(&b, Graph{})
 	if !bytes.Contains(b.Bytes(), []byte("No apps or resources")) {
 		t.Errorf("empty graph: %q", b.String())
+	}
+}
+
+func TestObserveStates(t *testing.T) {
+	g := observedSample()
+	got := map[string]string{}
+	for _, e := range g.Edges {
+		got[e.From+"->"+e.To] = e.State
+	}
+	want := map[string]string{
+		"web->db":      StateDeclared, // a resource: the mesh does not see it
+		"web->cache":   StateDeclared,
+		"reports->db":  StateDeclared,
+		"web->api":     StateUsed,
+		"web->billing": StateDeclared,
+		"reports->api": StateDenied,
+		"edge->web":    StateUndeclared,
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: state %q, want %q", k, got[k], w)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("edges %v, want exactly %v (traffic of a destroyed app is dropped)", got, want)
+	}
+	if n := g.node("edge"); n.Kind != KindEdge || g.Nodes[0].ID != "edge" {
+		t.Errorf("edge proxy node %+v, first node %q: want kind edge, sorted first", n, g.Nodes[0].ID)
+	}
+}
+
+// TestObserveNoEdgeNode: without traffic from the edge proxy, there is no
+// node for it, and a declared call with only denials stays declared.
+func TestObserveNoEdgeNode(t *testing.T) {
+	g := Graph{
+		Nodes: []Node{{ID: "a", Kind: "app"}, {ID: "b", Kind: "app"}},
+		Edges: []Edge{{From: "a", To: "b", Access: "call", As: "b"}},
+	}
+	g.Observe([]Observation{{From: "a", To: "b", Traffic: Traffic{Denied: 2}}})
+	if len(g.Nodes) != 2 {
+		t.Errorf("nodes %+v: want no edge proxy node", g.Nodes)
+	}
+	if e := g.Edges[0]; e.State != StateDeclared || e.Observed == nil || e.Observed.Denied != 2 {
+		t.Errorf("edge %+v: want declared, with the denials attached", e)
+	}
+	var b bytes.Buffer
+	Text(&b, g)
+	if !strings.Contains(b.String(), "(unused, 2 denied attempts)") {
+		t.Errorf("text:\n%s", b.String())
+	}
+}
+
+func TestFormat(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{rate(0), "0"}, {rate(0.042), "0.04"}, {rate(12.04), "12.0"}, {rate(1234.5), "1234"},
+		{percent(0, 0), "-"}, {percent(1, 5), "100.0%"}, {percent(0.99996, 30000), "99.9%"}, {percent(0.5, 2), "50.0%"},
+		{millis(0.42), "0.42ms"}, {millis(3.14), "3.1ms"}, {millis(120.4), "120ms"}, {millis(1520), "1.5s"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
 	}
 }

@@ -34,6 +34,10 @@ type Proxy struct {
 	// for an app with no machine in traffic, so a scaled-to-zero app can
 	// start one while the request waits.
 	Wake func(app string)
+	// Record, if set, is told of every request to an app when it ends:
+	// the machine that served it ("" if none did), status and duration.
+	// The mesh's golden metrics count edge traffic through it.
+	Record func(app, machine string, r *http.Request, code int, d time.Duration, bytesOut int64)
 
 	// domains maps custom domains to apps (SetDomains); read lock-free
 	// on every request, replaced whole on change.
@@ -330,6 +334,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			sw.code = 499
 		}
 		p.metrics.observe(app, sw.code, time.Since(start))
+		if p.Record != nil {
+			p.Record(app, "", r, sw.code, time.Since(start), sw.n)
+		}
 		return
 	}
 	p.metrics.inflight.WithLabelValues(app).Inc()
@@ -337,6 +344,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.release(b)
 		p.metrics.inflight.WithLabelValues(app).Dec()
 		p.metrics.observe(app, sw.code, time.Since(start))
+		if p.Record != nil {
+			p.Record(app, b.id, r, sw.code, time.Since(start), sw.n)
+		}
 	}()
 	p.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, b)))
 }
@@ -353,6 +363,7 @@ type statusWriter struct {
 	http.ResponseWriter
 	code        int
 	wroteHeader bool
+	n           int64 // body bytes written
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -364,7 +375,9 @@ func (s *statusWriter) WriteHeader(code int) {
 
 func (s *statusWriter) Write(b []byte) (int, error) {
 	s.wroteHeader = true
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.n += int64(n)
+	return n, err
 }
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

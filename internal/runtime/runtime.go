@@ -46,6 +46,9 @@ type Spec struct {
 	// the machine may reach: the servers of the resources its app is
 	// connected to. Every other host service stays unreachable.
 	HostPorts []int
+	// Hosts are extra /etc/hosts lines ("address name"): the service
+	// addresses of apps, <app>.internal, for the mesh.
+	Hosts []string
 }
 
 // Mount binds a host path into a machine.

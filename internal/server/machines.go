@@ -25,7 +25,8 @@ func isolatedRuntime(c Config, log *slog.Logger) (*runc.Driver, error) {
 	if c.Runtime == "process" {
 		return nil, nil
 	}
-	d, err := runc.New(runc.Config{StateDir: filepath.Join(c.DataDir, "machines"), Subnet: c.Subnet, Bridge: c.Bridge, Log: log.With("component", "runc")})
+	d, err := runc.New(runc.Config{StateDir: filepath.Join(c.DataDir, "machines"), Subnet: c.Subnet, Bridge: c.Bridge, Log: log.With("component", "runc"),
+		ServiceSubnet: c.ServiceSubnet, MeshPort: c.MeshPort})
 	if err != nil {
 		if c.Runtime == "runc" {
 			return nil, err

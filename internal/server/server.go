@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -26,6 +27,7 @@ import (
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/machines"
+	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/proxy"
 	"github.com/pier-dev/pier/internal/runtime/process"
 	"github.com/pier-dev/pier/internal/secrets"
@@ -48,6 +50,14 @@ type Config struct {
 	Runtime string
 	// Subnet and Bridge are the machines' network (runc runtime).
 	Subnet, Bridge string
+	// ServiceSubnet holds the apps' service addresses (<app>.internal)
+	// and MeshPort is the mesh's outbound port on the machines' gateway
+	// (runc runtime). TrustDomain names the mesh identities
+	// (spiffe://<trust domain>/app/<app>), valid for MeshCertTTL.
+	ServiceSubnet string
+	MeshPort      int
+	TrustDomain   string
+	MeshCertTTL   time.Duration
 	// MachineIdleTimeout is how long an app without traffic keeps API
 	// machines whose service autostops (0: the default, 5m).
 	MachineIdleTimeout time.Duration
@@ -63,7 +73,7 @@ type Config struct {
 	// (0: certmagic's defaults, every 10m and at 1/3 of the lifetime left).
 	RenewCheckInterval time.Duration
 	RenewalWindowRatio float64
-	// LocalCA certifies local domains; nil: pier's CA under the data dir.
+	// LocalCA certifies local domains; nil: the mesh's CA.
 	LocalCA certs.LocalCA
 	// SaveCredentials writes the CLI credentials file for the local user.
 	SaveCredentials bool
@@ -140,9 +150,23 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	builder := &build.Builder{Dir: filepath.Join(c.DataDir, "builds")}
+	// The mesh carries app-to-app calls between isolated machines; the
+	// plane, made below, decides who may call whom.
+	var plane *control.Plane
+	var gateway netip.Addr
+	if isolated != nil {
+		gateway = isolated.Gateway()
+	}
+	mp, err := newMesh(ctx, c, keys, reg, gateway, func(src, dst string) bool { return plane.Allowed(src, dst) }, log)
+	if err != nil {
+		return err
+	}
 	supCfg := supervisor.Config{
 		Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
 		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
+	}
+	if mp.mesh != nil {
+		supCfg.Router, supCfg.Mesh = routers{edge, mp.mesh}, mp.mesh
 	}
 	var cleaner control.Cleaner
 	if isolated != nil {
@@ -183,9 +207,13 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	defer closeTypes()
-	plane := &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
+	plane = &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp"), Resources: types, ResourceNet: rnet,
-		ResourceDir: filepath.Join(c.DataDir, "resources"), BackupDir: filepath.Join(c.DataDir, "backups")}
+		ResourceDir: filepath.Join(c.DataDir, "resources"), BackupDir: filepath.Join(c.DataDir, "backups"),
+		CA: mp.ca, Metrics: mp.metrics}
+	if mp.mesh != nil {
+		plane.Mesh, plane.ServiceSubnet = mp.mesh, mp.subnet
+	}
 	hostPorts = plane.HostPorts
 
 	apiLn, err := net.Listen("tcp", c.APIAddr)
@@ -206,13 +234,16 @@ func Run(ctx context.Context, c Config) error {
 		}
 		defer httpsLn.Close() // Serve closes it too; this covers the early returns
 	}
-	certMgr, closeCerts, err := openCerts(ctx, c, st, edge, keys, httpLn, httpsLn, log)
+	if c.LocalCA == nil {
+		c.LocalCA = mp.ca
+	}
+	certMgr, err := openCerts(ctx, c, st, edge, httpLn, httpsLn, log)
 	if err != nil {
 		apiLn.Close()
 		httpLn.Close()
 		return err
 	}
-	defer closeCerts()
+	defer certMgr.Close()
 	plane.AppDestroyed = certMgr.AppDestroyed
 	apiURL := "http://" + dialable(apiLn.Addr())
 	httpPort := httpLn.Addr().(*net.TCPAddr).Port
@@ -227,6 +258,15 @@ func Run(ctx context.Context, c Config) error {
 		plane.Wake(app)
 		mach.Wake(app)
 	}
+	edge.Record = func(app, machine string, r *http.Request, code int, d time.Duration, out int64) {
+		mp.metrics.Request(metrics.Edge{Src: metrics.FromEdge, Dst: app}, machine, metrics.Route{Method: r.Method, Path: r.URL.Path}, code, false, d, max(r.ContentLength, 0), out)
+	}
+	meshCtx, stopMesh := context.WithCancel(ctx)
+	defer stopMesh()
+	if mp.mesh != nil {
+		mp.mesh.SetWake(plane.Wake)
+	}
+	go mp.run(meshCtx, log)
 
 	// Resources first: apps expect their databases when they start.
 	if err := plane.StartResources(ctx); err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,6 +94,9 @@ func (m *machine) run(env []string) {
 			if m.s.ports != nil {
 				spec.HostPorts = m.s.ports(m.app)
 			}
+			if m.s.mesh != nil {
+				spec.Hosts = m.s.mesh.Hosts()
+			}
 		}
 		proc, err := m.s.driver.Start(context.Background(), spec)
 		var exit runtime.Exit
@@ -113,6 +117,11 @@ func (m *machine) run(env []string) {
 				proc.Signal(syscall.SIGKILL)
 			default:
 			}
+			if m.s.mesh != nil {
+				if ap, err := netip.ParseAddrPort(proc.Addr()); err == nil && m.s.hostfs != nil {
+					m.s.mesh.Join(m.app, m.id, ap.Addr())
+				}
+			}
 			checking := make(chan struct{})
 			checked := make(chan struct{})
 			go func() { defer close(checked); m.watchHealth(proc.Addr(), checking) }()
@@ -123,6 +132,9 @@ func (m *machine) run(env []string) {
 			errw.Flush()
 			up = time.Since(began)
 			m.setHealthy(false)
+			if m.s.mesh != nil {
+				m.s.mesh.Leave(m.id)
+			}
 		}
 		select {
 		case <-m.stop:

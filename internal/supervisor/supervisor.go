@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sort"
 	"sync"
@@ -57,6 +58,17 @@ type Config struct {
 	// isolated machines may reach (its connected resources), asked as each
 	// machine starts.
 	HostPorts func(app string) []int
+	// Mesh, when set, learns which app each machine's address belongs to
+	// (so the machine's calls carry its app's identity) and gives isolated
+	// machines the /etc/hosts lines of the apps' service names.
+	Mesh Mesh
+}
+
+// Mesh is the part of the service mesh that tracks machines.
+type Mesh interface {
+	Join(app, id string, addr netip.Addr)
+	Leave(id string)
+	Hosts() []string
 }
 
 // Supervisor owns every running machine.
@@ -71,6 +83,7 @@ type Supervisor struct {
 	grace    time.Duration
 	hostfs   *HostFS
 	ports    func(app string) []int
+	mesh     Mesh
 
 	mu       sync.Mutex
 	machines map[string]*machine
@@ -82,7 +95,7 @@ func New(c Config) *Supervisor {
 		c.StopGrace = 10 * time.Second
 	}
 	return &Supervisor{driver: c.Driver, router: c.Router, rec: c.Recorder, logs: c.Logs, log: c.Log,
-		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, ports: c.HostPorts, machines: map[string]*machine{}}
+		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, ports: c.HostPorts, mesh: c.Mesh, machines: map[string]*machine{}}
 }
 
 func (s *Supervisor) event(app, typ, msg string) {

@@ -20,11 +20,19 @@ type firewall struct {
 	subnet string
 	allow  string // half of the subnet whose machines may reach the internet
 	deny   string // half whose machines may not
+	// The mesh: TCP from machines to a service address (services) is
+	// redirected to the mesh's outbound listener (gateway:meshPort).
+	services string
+	gateway  string
+	meshPort int
 }
 
 func (f firewall) inChain() string  { return "PIER-IN-" + f.bridge }
 func (f firewall) fwdChain() string { return "PIER-FWD-" + f.bridge }
 func (f firewall) natChain() string { return "PIER-NAT-" + f.bridge }
+func (f firewall) dnatChain() string {
+	return "PIER-DNAT-" + f.bridge
+}
 
 func (f firewall) rules() string {
 	in, fwd, nat, br := f.inChain(), f.fwdChain(), f.natChain(), f.bridge
@@ -35,6 +43,11 @@ func (f firewall) rules() string {
 	// REJECT rather than DROP so a probing app fails fast instead of
 	// hanging.
 	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n", in)
+	if f.meshPort != 0 {
+		// (4) The mesh's outbound listener, which connections to service
+		// addresses are redirected to; it knows callers by address.
+		fmt.Fprintf(&b, "-A %s -d %s/32 -p tcp --dport %d -j ACCEPT\n", in, f.gateway, f.meshPort)
+	}
 	fmt.Fprintf(&b, "-A %s -j REJECT --reject-with icmp-admin-prohibited\n", in)
 	// Routed traffic towards machines: only replies. This stops machine to
 	// machine traffic sent through the gateway (2) and stops other hosts
@@ -43,12 +56,19 @@ func (f firewall) rules() string {
 	fmt.Fprintf(&b, "-A %s -o %s -j DROP\n", fwd, br)
 	// (3) Outbound: the deny half is cut off, the allow half may leave
 	// through any other interface.
+	if f.services != "" {
+		// Service addresses are only for TCP through the mesh (4).
+		fmt.Fprintf(&b, "-A %s -i %s -d %s -j REJECT --reject-with icmp-admin-prohibited\n", fwd, br, f.services)
+	}
 	fmt.Fprintf(&b, "-A %s -i %s -s %s -j REJECT --reject-with icmp-admin-prohibited\n", fwd, br, f.deny)
 	fmt.Fprintf(&b, "-A %s -i %s -s %s -j ACCEPT\n", fwd, br, f.allow)
 	fmt.Fprintf(&b, "-A %s -i %s -j DROP\n", fwd, br)
 	b.WriteString("COMMIT\n")
-	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", nat)
+	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n:%s - [0:0]\n", nat, f.dnatChain())
 	fmt.Fprintf(&b, "-A %s -s %s ! -o %s -j MASQUERADE\n", nat, f.subnet, br)
+	if f.meshPort != 0 && f.services != "" {
+		fmt.Fprintf(&b, "-A %s -i %s -d %s -p tcp -j DNAT --to-destination %s:%d\n", f.dnatChain(), br, f.services, f.gateway, f.meshPort)
+	}
 	b.WriteString("COMMIT\n")
 	return b.String()
 }
@@ -61,6 +81,7 @@ func (f firewall) jumps() [][]string {
 		{"-t", "filter", "FORWARD", "-o", f.bridge, "-j", f.fwdChain()},
 		// Without -s: remove() then needs nothing but the bridge name.
 		{"-t", "nat", "POSTROUTING", "-j", f.natChain()},
+		{"-t", "nat", "PREROUTING", "-i", f.bridge, "-j", f.dnatChain()},
 	}
 }
 
@@ -87,8 +108,8 @@ func (f firewall) install(ctx context.Context) error {
 func (f firewall) remove(ctx context.Context) error {
 	// Every rule of a base chain that jumps into ours, whatever its
 	// matches (an older version may have written them differently).
-	ours := map[string]bool{f.inChain(): true, f.fwdChain(): true, f.natChain(): true}
-	for _, tc := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"nat", "POSTROUTING"}} {
+	ours := map[string]bool{f.inChain(): true, f.fwdChain(): true, f.natChain(): true, f.dnatChain(): true}
+	for _, tc := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"nat", "POSTROUTING"}, {"nat", "PREROUTING"}} {
 		out, err := exec.CommandContext(ctx, "iptables", "--wait", "-t", tc[0], "-S", tc[1]).Output()
 		if err != nil {
 			continue
@@ -103,7 +124,7 @@ func (f firewall) remove(ctx context.Context) error {
 		}
 	}
 	var firstErr error
-	for _, c := range [][2]string{{"filter", f.inChain()}, {"filter", f.fwdChain()}, {"nat", f.natChain()}} {
+	for _, c := range [][2]string{{"filter", f.inChain()}, {"filter", f.fwdChain()}, {"nat", f.natChain()}, {"nat", f.dnatChain()}} {
 		if iptables(ctx, "-t", c[0], "-n", "-L", c[1]) != nil {
 			continue // not there
 		}

@@ -261,6 +261,10 @@ func hostResolvConf() []byte {
 	return []byte(b.String())
 }
 
-func hostsFile(ip, hostname string) []byte {
-	return fmt.Appendf(nil, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ip, hostname)
+func hostsFile(ip, hostname string, extra []string) []byte {
+	b := fmt.Appendf(nil, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ip, hostname)
+	for _, line := range extra {
+		b = fmt.Appendf(b, "%s\n", line)
+	}
+	return b
 }

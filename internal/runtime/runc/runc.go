@@ -52,6 +52,12 @@ type Config struct {
 	Runc string
 	// Log receives the driver's own messages (default: discarded).
 	Log *slog.Logger
+	// ServiceSubnet holds the apps' service addresses (<app>.internal),
+	// which are not on any link: TCP to them is redirected to MeshPort on
+	// the gateway, where the mesh's outbound listener runs. Both empty/0:
+	// no mesh.
+	ServiceSubnet string
+	MeshPort      int
 	// Init is a static init binary run as every machine's pid 1 (default:
 	// Debian's /usr/bin/tini-static when installed; "none" runs commands as
 	// pid 1 themselves).
@@ -149,11 +155,28 @@ func New(c Config) (*Driver, error) {
 	if d.ipam, err = newIPAM(c.Subnet); err != nil {
 		return nil, err
 	}
-	d.fw = firewall{bridge: c.Bridge, subnet: d.ipam.prefix.String(), allow: d.ipam.halves[0].String(), deny: d.ipam.halves[1].String()}
+	d.fw = firewall{bridge: c.Bridge, subnet: d.ipam.prefix.String(), allow: d.ipam.halves[0].String(), deny: d.ipam.halves[1].String(),
+		gateway: d.ipam.gateway.String(), meshPort: c.MeshPort}
 	if route, err := subnetInUse(d.ipam.prefix, c.Bridge); err != nil {
 		return nil, err
 	} else if route != "" {
 		return nil, fmt.Errorf("runc runtime: subnet %s overlaps the host's route %s: choose another subnet", d.ipam.prefix, route)
+	}
+	if c.ServiceSubnet != "" {
+		svc, err := netip.ParsePrefix(c.ServiceSubnet)
+		if err != nil || !svc.Addr().Is4() {
+			return nil, fmt.Errorf("service subnet %q: want an IPv4 prefix", c.ServiceSubnet)
+		}
+		svc = svc.Masked()
+		if svc.Overlaps(d.ipam.prefix) {
+			return nil, fmt.Errorf("service subnet %s overlaps the machine subnet %s", svc, d.ipam.prefix)
+		}
+		if route, err := subnetInUse(svc, c.Bridge); err != nil {
+			return nil, err
+		} else if route != "" {
+			return nil, fmt.Errorf("runc runtime: service subnet %s overlaps the host's route %s: choose another", svc, route)
+		}
+		d.fw.services = svc.String()
 	}
 	if d.bridge, err = setupBridge(c.Bridge, d.ipam.gateway, d.ipam.prefix.Bits()); err != nil {
 		return nil, err
@@ -296,7 +319,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		netErr <- setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge)
 	}()
 	base := []runtime.File{
-		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id)},
+		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id, spec.Hosts)},
 		{Path: "/etc/hostname", Data: []byte(id + "\n")},
 		{Path: "/etc/resolv.conf", Data: d.resolv},
 	}

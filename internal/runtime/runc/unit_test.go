@@ -95,9 +95,15 @@ func TestHostVeth(t *testing.T) {
 }
 
 func TestFirewallRules(t *testing.T) {
-	f := firewall{bridge: "pier0", subnet: "100.96.0.0/16", allow: "100.96.0.0/17", deny: "100.96.128.0/17"}
-	got := f.rules()
-	want := `*filter
+	base := firewall{bridge: "pier0", subnet: "100.96.0.0/16", allow: "100.96.0.0/17", deny: "100.96.128.0/17"}
+	mesh := base
+	mesh.services, mesh.gateway, mesh.meshPort = "100.127.0.0/16", "100.96.0.1", 15001
+	for _, tc := range []struct {
+		name string
+		f    firewall
+		want string
+	}{
+		{"no mesh", base, `*filter
 :PIER-IN-pier0 - [0:0]
 :PIER-FWD-pier0 - [0:0]
 -A PIER-IN-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
@@ -110,11 +116,34 @@ func TestFirewallRules(t *testing.T) {
 COMMIT
 *nat
 :PIER-NAT-pier0 - [0:0]
+:PIER-DNAT-pier0 - [0:0]
 -A PIER-NAT-pier0 -s 100.96.0.0/16 ! -o pier0 -j MASQUERADE
 COMMIT
-`
-	if got != want {
-		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
+`},
+		{"mesh", mesh, `*filter
+:PIER-IN-pier0 - [0:0]
+:PIER-FWD-pier0 - [0:0]
+-A PIER-IN-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A PIER-IN-pier0 -d 100.96.0.1/32 -p tcp --dport 15001 -j ACCEPT
+-A PIER-IN-pier0 -j REJECT --reject-with icmp-admin-prohibited
+-A PIER-FWD-pier0 -o pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A PIER-FWD-pier0 -o pier0 -j DROP
+-A PIER-FWD-pier0 -i pier0 -d 100.127.0.0/16 -j REJECT --reject-with icmp-admin-prohibited
+-A PIER-FWD-pier0 -i pier0 -s 100.96.128.0/17 -j REJECT --reject-with icmp-admin-prohibited
+-A PIER-FWD-pier0 -i pier0 -s 100.96.0.0/17 -j ACCEPT
+-A PIER-FWD-pier0 -i pier0 -j DROP
+COMMIT
+*nat
+:PIER-NAT-pier0 - [0:0]
+:PIER-DNAT-pier0 - [0:0]
+-A PIER-NAT-pier0 -s 100.96.0.0/16 ! -o pier0 -j MASQUERADE
+-A PIER-DNAT-pier0 -i pier0 -d 100.127.0.0/16 -p tcp -j DNAT --to-destination 100.96.0.1:15001
+COMMIT
+`},
+	} {
+		if got := tc.f.rules(); got != tc.want {
+			t.Errorf("%s: rules:\n%s\nwant:\n%s", tc.name, got, tc.want)
+		}
 	}
 }
 
