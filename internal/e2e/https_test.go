@@ -258,6 +258,17 @@ func TestHTTPSCustomDomainACME(t *testing.T) {
 			t.Errorf("pier certs list after remove:\n%s", out)
 		}
 	})
+
+	t.Run("destroying the app removes its domains", func(t *testing.T) {
+		s.mustPier("certs", "add", "-a", "web", "api.example.test")
+		s.mustPier("apps", "destroy", "web", "--yes")
+		if out := s.mustPier("certs", "list"); !strings.Contains(out, "No custom domains") {
+			t.Errorf("pier certs list after destroying the app:\n%s", out)
+		}
+		// The name is free again.
+		s.mustPier("apps", "create", "other")
+		s.mustPier("certs", "add", "-a", "other", "api.example.test")
+	})
 }
 
 // httpsGet requests path of host through the HTTPS listener at addr.

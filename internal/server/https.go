@@ -10,8 +10,16 @@ import (
 	"path/filepath"
 
 	"github.com/pier-dev/pier/internal/certs"
+	"github.com/pier-dev/pier/internal/identity"
 	"github.com/pier-dev/pier/internal/proxy"
 	"github.com/pier-dev/pier/internal/store"
+)
+
+var (
+	_ certs.Store   = (*store.Store)(nil)
+	_ certs.Apps    = (*store.Store)(nil)
+	_ certs.Router  = (*proxy.Proxy)(nil)
+	_ certs.LocalCA = (*identity.Authority)(nil)
 )
 
 // openCerts sets up the edge's custom domains and, with an HTTPS listener,
