@@ -132,6 +132,9 @@ func (p *Plane) Restore(ctx context.Context, c Cleaner) error {
 		if err != nil {
 			return err
 		}
+		if p.Mesh != nil {
+			p.Mesh.SetRoutes(a.Name, rel.Config.Routes)
+		}
 		if err := p.Supervisor.Run(rel, env, a.Count); err != nil {
 			return fmt.Errorf("start %s: %w", a.Name, err)
 		}
@@ -246,6 +249,9 @@ func (p *Plane) DestroyApp(ctx context.Context, name string) error {
 	p.Supervisor.StopApp(name, 5*time.Second)
 	p.revokeAll(ctx, name)
 	p.removeCallers(ctx, name)
+	if p.Metrics != nil {
+		p.Metrics.Forget(name)
+	}
 	if err := p.Store.DeleteApp(ctx, name); err != nil {
 		return err
 	}

@@ -62,6 +62,17 @@ type RunConfig struct {
 	// DenyOutbound cuts the app's machines off from networks beyond pier
 	// (needs an isolating runtime).
 	DenyOutbound bool `json:"deny_outbound,omitempty"`
+	// Routes are the timeouts and retries of calls to the app through the
+	// mesh.
+	Routes []Route `json:"routes,omitempty"`
+}
+
+// Route is a mesh route policy: calls whose path starts with Path get
+// Timeout (0: none) and Retries (idempotent requests without a body).
+type Route struct {
+	Path    string   `json:"path"`
+	Timeout Duration `json:"timeout,omitempty"`
+	Retries int      `json:"retries,omitempty"`
 }
 
 // Check is a health check of a machine. Type "tcp" connects to PORT; "http"
