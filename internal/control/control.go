@@ -203,6 +203,9 @@ func (p *Plane) CreateApp(ctx context.Context, name string) (pier.App, error) {
 	if err := pier.ValidateAppName(name); err != nil {
 		return pier.App{}, err
 	}
+	if name == metrics.FromEdge {
+		return pier.App{}, pier.Errorf(pier.Invalid, "the app name %q is reserved: it names pier's edge proxy in metrics and the graph", name)
+	}
 	a := pier.App{Name: name, Count: 1, CreatedAt: time.Now().UTC()}
 	if err := p.Store.CreateApp(ctx, a); err != nil {
 		return pier.App{}, err
