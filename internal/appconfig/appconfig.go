@@ -41,13 +41,30 @@ type Config struct {
 	// Connections are the resources the app uses; a deploy connects the
 	// missing ones (the resources must exist).
 	Connections []Connection `toml:"connections"`
+	// Routes set timeouts and retries for calls to this app through the
+	// mesh, by path prefix (the longest matching prefix wins).
+	Routes []Route `toml:"routes"`
+}
+
+// Route is a mesh route policy of the app, applied to calls it receives.
+type Route struct {
+	// Path is a path prefix, like "/api/" or "/".
+	Path string `toml:"path"`
+	// Timeout bounds a call, from its arrival to the end of the answer's
+	// headers (default: none). A call over it gets 504.
+	Timeout string `toml:"timeout,omitempty"`
+	// Retries is how many more times an idempotent request without a body
+	// (GET, HEAD, OPTIONS) is tried, on another machine when there is one,
+	// after a connection failure or a 502, 503 or 504 (0 to 3).
+	Retries int `toml:"retries,omitempty"`
 }
 
 // Connection declares that the app uses a resource.
 type Connection struct {
 	// Resource is the resource's name.
 	Resource string `toml:"resource"`
-	// Access is read, readwrite or admin (default: the type's default).
+	// Access is read, readwrite or admin (default: the type's default);
+	// call for an app.
 	Access string `toml:"access,omitempty"`
 	// As names the connection and prefixes its env vars (default: the
 	// resource's name).
@@ -224,12 +241,29 @@ func (c *Config) validate() error {
 		}
 		seen[cn.Resource] = true
 		switch cn.Access {
-		case "", "read", "readwrite", "admin":
+		case "", "read", "readwrite", "admin", "call":
 		default:
-			return bad(key+".access", "%q is not read, readwrite or admin", cn.Access)
+			return bad(key+".access", "%q is not read, readwrite, admin (resources) or call (apps)", cn.Access)
 		}
 		if cn.As != "" && !envPrefixRE.MatchString(cn.As) {
 			return bad(key+".as", "%q must be letters, digits, - and _, starting with a letter", cn.As)
+		}
+	}
+	paths := map[string]bool{}
+	for i, r := range c.Routes {
+		key := fmt.Sprintf("routes[%d]", i)
+		if !strings.HasPrefix(r.Path, "/") {
+			return bad(key+".path", "path %q must start with /", r.Path)
+		}
+		if paths[r.Path] {
+			return bad(key+".path", "%s is declared twice", r.Path)
+		}
+		paths[r.Path] = true
+		if _, err := duration(r.Timeout, time.Millisecond); err != nil {
+			return bad(key+".timeout", "%v", err)
+		}
+		if r.Retries < 0 || r.Retries > 3 {
+			return bad(key+".retries", "%d is not between 0 and 3", r.Retries)
 		}
 	}
 	for name := range c.Env {
@@ -292,6 +326,10 @@ func (c *Config) RunConfig() pier.RunConfig {
 	rc.IdleTimeout.Duration = orDefault(hs.IdleTimeout, 5*time.Minute)
 	rc.DenyOutbound = c.Network.Outbound == "deny"
 	rc.ForceHTTPS = c.HTTP.ForceHTTPS
+	for _, r := range c.Routes {
+		t, _ := duration(r.Timeout, time.Millisecond)
+		rc.Routes = append(rc.Routes, pier.Route{Path: r.Path, Timeout: pier.Duration{Duration: t}, Retries: r.Retries})
+	}
 	for _, ch := range c.Checks {
 		pc := pier.Check{Type: ch.Type, Path: ch.Path}
 		if pc.Type == "" {

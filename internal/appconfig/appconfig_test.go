@@ -22,7 +22,11 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"syntax", "app = \"x\n", "pier.toml:1"},
 		{"bad auto stop", "[http_service]\nauto_stop_machines = \"suspend\"\n", "pier.toml:2: http_service.auto_stop_machines"},
 		{"negative min machines", "[http_service]\nmin_machines_running = -1\n", "pier.toml:2: http_service.min_machines_running"},
-		{"bad connection access", "[[connections]]\nresource = \"db\"\n[[connections]]\nresource = \"cache\"\naccess = \"write\"\n", "pier.toml:5: connections[1].access: \"write\" is not read, readwrite or admin"},
+		{"bad connection access", "[[connections]]\nresource = \"db\"\n[[connections]]\nresource = \"cache\"\naccess = \"write\"\n", "pier.toml:5: connections[1].access: \"write\" is not read, readwrite, admin (resources) or call (apps)"},
+		{"route without slash", "[[routes]]\npath = \"api\"\n", "pier.toml:2: routes[0].path: path \"api\" must start with /"},
+		{"route bad timeout", "[[routes]]\npath = \"/\"\ntimeout = \"fast\"\n", "pier.toml:3: routes[0].timeout: invalid duration"},
+		{"route too many retries", "[[routes]]\npath = \"/\"\nretries = 5\n", "pier.toml:3: routes[0].retries: 5 is not between 0 and 3"},
+		{"route twice", "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/a\"\n", "pier.toml:4: routes[1].path: /a is declared twice"},
 		{"connection twice", "[[connections]]\nresource = \"db\"\n[[connections]]\nresource = \"db\"\n", "pier.toml:4: connections[1].resource: db is declared twice"},
 		{"connection without resource", "[[connections]]\naccess = \"read\"\n", "pier.toml: connections[0].resource"},
 		{"unknown connection key", "[[connections]]\nresource = \"db\"\nrole = \"x\"\n", "pier.toml:3: connections.role: unknown key"},
@@ -110,5 +114,16 @@ func TestForceHTTPS(t *testing.T) {
 		if got := c.RunConfig().ForceHTTPS; got != want {
 			t.Errorf("%q: ForceHTTPS = %v, want %v", doc, got, want)
 		}
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	c, err := Parse("pier.toml", []byte("app = \"api\"\n[[routes]]\npath = \"/slow/\"\ntimeout = \"30s\"\n[[routes]]\npath = \"/\"\nretries = 2\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := c.RunConfig()
+	if len(rc.Routes) != 2 || rc.Routes[0].Path != "/slow/" || rc.Routes[0].Timeout.Duration != 30*time.Second || rc.Routes[1].Retries != 2 || rc.Routes[1].Timeout.Duration != 0 {
+		t.Fatalf("routes = %+v", rc.Routes)
 	}
 }

@@ -14,7 +14,7 @@ func (e *env) connectCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "connect APP RESOURCE",
-		Short: "Give an app access to a resource",
+		Short: "Give an app access to a resource, or let it call another app",
 		Long: `Connect an app to a resource. pier creates credentials for this app alone
 with exactly the access asked for (a Postgres role with grants, a Redis ACL user
 limited to the app's keys, an access key limited to the bucket), stores them
@@ -29,11 +29,18 @@ vars. The variables are named after the resource, or --as NAME:
 
 The names in parentheses are given to the app's only connection of that type.
 Access levels: read, readwrite (the default), admin (postgres: owns the schema,
-for migrations).`,
+for migrations).
+
+The target may also be another app: ` + "`pier connect web api`" + ` lets web call api
+through the mesh at http://api.internal (web's machines get API_URL), over
+mutual TLS with each app's identity; calls without a connection are denied.
+Its access is call; it needs the runc runtime. See ` + "`pier stat`" + ` and
+` + "`pier graph`" + ` for the traffic, and ` + "`pier mesh`" + ` for identities.`,
 		Example: `  pier connect web db                    # readwrite
   pier connect reports db --access read  # SELECT only
   pier connect web cache
-  pier connect web uploads --as media    # MEDIA_BUCKET, MEDIA_ACCESS_KEY_ID, ...`,
+  pier connect web uploads --as media    # MEDIA_BUCKET, MEDIA_ACCESS_KEY_ID, ...
+  pier connect web api                   # web may call http://api.internal`,
 		Args: exactArgs(2, "APP RESOURCE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
@@ -55,7 +62,7 @@ for migrations).`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&access, "access", "", "read, readwrite or admin (default: the type's default, readwrite)")
+	cmd.Flags().StringVar(&access, "access", "", "read, readwrite or admin (default: the type's default, readwrite); call for an app (its only access)")
 	cmd.Flags().StringVar(&as, "as", "", "name of the connection, which prefixes its env vars (default: the resource's name)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the connection as JSON")
 	return cmd

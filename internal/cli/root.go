@@ -63,6 +63,11 @@ the credentials 'pier server' saved for the local user.`,
 		c.GroupID = "resources"
 		root.AddCommand(c)
 	}
+	root.AddGroup(&cobra.Group{ID: "mesh", Title: "Mesh:"})
+	for _, c := range []*cobra.Command{e.statCmd(), e.topCmd(), e.meshCmd()} {
+		c.GroupID = "mesh"
+		root.AddCommand(c)
+	}
 	for _, c := range []*cobra.Command{e.serverCmd(), e.authCmd()} {
 		c.GroupID = "platform"
 		root.AddCommand(c)

@@ -135,6 +135,9 @@ func (p *Plane) Restore(ctx context.Context, c Cleaner) error {
 		if err != nil {
 			return err
 		}
+		if p.Mesh != nil {
+			p.Mesh.SetRoutes(a.Name, rel.Config.Routes)
+		}
 		if err := p.Supervisor.Run(rel, env, a.Count); err != nil {
 			return fmt.Errorf("start %s: %w", a.Name, err)
 		}
@@ -203,6 +206,9 @@ func (p *Plane) CreateApp(ctx context.Context, name string) (pier.App, error) {
 	if err := pier.ValidateAppName(name); err != nil {
 		return pier.App{}, err
 	}
+	if name == metrics.FromEdge {
+		return pier.App{}, pier.Errorf(pier.Invalid, "the app name %q is reserved: it names pier's edge proxy in metrics and the graph", name)
+	}
 	a := pier.App{Name: name, Count: 1, CreatedAt: time.Now().UTC()}
 	if err := p.Store.CreateApp(ctx, a); err != nil {
 		return pier.App{}, err
@@ -249,6 +255,9 @@ func (p *Plane) DestroyApp(ctx context.Context, name string) error {
 	p.Supervisor.StopApp(name, 5*time.Second)
 	p.revokeAll(ctx, name)
 	p.removeCallers(ctx, name)
+	if p.Metrics != nil {
+		p.Metrics.Forget(name)
+	}
 	if err := p.Store.DeleteApp(ctx, name); err != nil {
 		return err
 	}

@@ -163,6 +163,9 @@ func (p *Plane) rollout(ctx context.Context, rel pier.Release, out io.Writer) (p
 		return rel, err
 	}
 	rel.Status = pier.ReleaseActive
+	if p.Mesh != nil {
+		p.Mesh.SetRoutes(rel.App, rel.Config.Routes)
+	}
 	p.event(ctx, rel.App, "deploy", "v%d deployed (%s) in %s", rel.Version, rel.Description, time.Since(begin).Round(time.Millisecond))
 	fmt.Fprintf(out, "==> v%d is live (%s)\n", rel.Version, time.Since(begin).Round(time.Millisecond))
 	return rel, nil

@@ -22,6 +22,7 @@ type Mesh interface {
 	SetService(app string, vip netip.Addr)
 	RemoveService(app string)
 	Revoke(src, dst string)
+	SetRoutes(app string, routes []pier.Route)
 }
 
 // AccessCall is the access level of an app-to-app connection.

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/pier-dev/pier/internal/metrics"
+	"github.com/pier-dev/pier/internal/pier"
 )
 
 // The callee side. It terminates mTLS as the callee app (chosen by SNI),
@@ -52,6 +53,7 @@ type (
 	inKey      struct{}
 	backendKey struct{}
 	h2Key      struct{}
+	retryKey   struct{}
 )
 
 func newInbound(m *Mesh) *inbound {
@@ -112,6 +114,10 @@ func newInbound(m *Mesh) *inbound {
 				w.WriteHeader(499)
 				return
 			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				http.Error(w, "pier mesh: the app did not answer within its route timeout (pier.toml [[routes]])", http.StatusGatewayTimeout)
+				return
+			}
 			b := r.Context().Value(backendKey{}).(*backend)
 			m.log.Warn("mesh: machine did not answer", "machine", b.id, "err", err)
 			http.Error(w, "pier mesh: the app's machine did not answer", http.StatusBadGateway)
@@ -128,11 +134,67 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 // toMachine sends a request to the machine in HTTP/2 when the caller spoke
 // HTTP/2 (gRPC needs it end to end), in HTTP/1.1 otherwise.
-func (in *inbound) toMachine(r *http.Request) (*http.Response, error) {
+func (in *inbound) send(r *http.Request) (*http.Response, error) {
 	if h2, _ := r.Context().Value(h2Key{}).(bool); h2 {
 		return in.h2c.RoundTrip(r)
 	}
 	return in.h1.RoundTrip(r)
+}
+
+// toMachine sends the request, and retries it on another pick of machine
+// when its route allows (see retriesFor) and the answer says the machine
+// failed rather than the request.
+func (in *inbound) toMachine(r *http.Request) (*http.Response, error) {
+	resp, err := in.send(r)
+	retries, _ := r.Context().Value(retryKey{}).(int)
+	p, _ := r.Context().Value(inKey{}).(*peer)
+	for range retries {
+		if !retryable(resp, err) || r.Context().Err() != nil {
+			break
+		}
+		b, perr := in.m.pick(r.Context(), p.dst)
+		if perr != nil {
+			break
+		}
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		retry := r.Clone(r.Context())
+		retry.URL.Host = b.url.Host
+		start := time.Now()
+		resp, err = in.send(retry)
+		if err != nil || resp.StatusCode >= 502 {
+			b.done(0)
+		} else {
+			b.done(time.Since(start))
+		}
+	}
+	return resp, err
+}
+
+func retryable(resp *http.Response, err error) bool {
+	if err != nil {
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	switch resp.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// retriesFor is how many retries a request may get on its route: only
+// idempotent methods without a body, and never a protocol upgrade.
+func retriesFor(rt pier.Route, r *http.Request) int {
+	if rt.Retries <= 0 || r.ContentLength != 0 || isUpgrade(r.Header) {
+		return 0
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return min(rt.Retries, 3)
+	}
+	return 0
 }
 
 func (in *inbound) newServer() {
@@ -236,6 +298,15 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := context.WithValue(r.Context(), backendKey{}, b)
+	rt := in.m.route(p.dst, r.URL.Path)
+	if rt.Timeout.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rt.Timeout.Duration)
+		defer cancel()
+	}
+	if n := retriesFor(rt, r); n > 0 {
+		ctx = context.WithValue(ctx, retryKey{}, n)
+	}
 	if r.Header.Get(hdrUpstreamProto) == "h2" {
 		ctx = context.WithValue(ctx, h2Key{}, true)
 	}

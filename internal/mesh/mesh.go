@@ -44,6 +44,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/pier-dev/pier/internal/metrics"
+	"github.com/pier-dev/pier/internal/pier"
 )
 
 // Identities issues the mesh's certificates and verifies peers'.
@@ -101,6 +102,7 @@ type Mesh struct {
 	services map[netip.Addr]string // service address → app
 	vips     map[string]netip.Addr // app → service address
 	pools    map[string]*pool      // app → machines in traffic
+	routes   map[string][]pier.Route
 
 	inboundAddr string // where the inbound side listens, once started
 	out         *outbound
@@ -122,6 +124,7 @@ func New(cfg Config) *Mesh {
 		cfg: cfg, log: cfg.Log,
 		members: map[netip.Addr]string{}, byID: map[string]netip.Addr{}, joined: make(chan struct{}),
 		services: map[netip.Addr]string{}, vips: map[string]netip.Addr{}, pools: map[string]*pool{},
+		routes: map[string][]pier.Route{},
 	}
 	m.in = newInbound(m)
 	m.out = newOutbound(m)
@@ -243,6 +246,29 @@ func (m *Mesh) RemoveService(app string) {
 		delete(m.vips, app)
 	}
 	delete(m.pools, app)
+	delete(m.routes, app)
+}
+
+// SetRoutes sets the timeouts and retries of calls to app (from its
+// release's pier.toml [[routes]]).
+func (m *Mesh) SetRoutes(app string, routes []pier.Route) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.routes[app] = routes
+}
+
+// route is the policy of a call to app at path: the longest matching
+// prefix, or none.
+func (m *Mesh) route(app, path string) pier.Route {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var best pier.Route
+	for _, r := range m.routes[app] {
+		if strings.HasPrefix(path, r.Path) && len(r.Path) > len(best.Path) {
+			best = r
+		}
+	}
+	return best
 }
 
 // Hosts are the /etc/hosts lines that name every app's service address.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pier-dev/pier/internal/identity"
 	"github.com/pier-dev/pier/internal/metrics"
+	"github.com/pier-dev/pier/internal/pier"
 )
 
 type memStore struct {
@@ -405,5 +406,63 @@ func TestRotationWithoutFailedCalls(t *testing.T) {
 	}
 	if len(seen) < 3 {
 		t.Fatalf("the caller presented %d distinct certificates across two rotations, want 3", len(seen))
+	}
+}
+
+// Route policies from pier.toml: a timeout turns a slow answer into 504,
+// and an idempotent request is retried after a 503; a POST is not.
+func TestRouteTimeoutsAndRetries(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(3 * time.Second):
+		case <-r.Context().Done():
+		}
+	})
+	mux.HandleFunc("/flaky", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls[r.Method]++
+		n := calls[r.Method]
+		mu.Unlock()
+		if n%2 == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	defer srv.Close()
+	f := newFixture(t, ln.Addr().String())
+	f.m.SetRoutes("api", []pier.Route{{Path: "/slow", Timeout: pier.Duration{Duration: 200 * time.Millisecond}}, {Path: "/flaky", Retries: 1}})
+
+	start := time.Now()
+	if code, body, _ := get(t, http.DefaultClient, f.url()+"/slow"); code != http.StatusGatewayTimeout {
+		t.Fatalf("slow route: %d %s, want 504", code, body)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the timeout did not cut the call: %s", d)
+	}
+	if code, body, _ := get(t, http.DefaultClient, f.url()+"/flaky"); code != 200 || body != "ok" {
+		t.Fatalf("GET with a retry: %d %q, want 200 after one retry", code, body)
+	}
+	resp, err := http.Post(f.url()+"/flaky", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("POST: %d, want the 503 (never retried)", resp.StatusCode)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls["GET"] != 2 || calls["POST"] != 1 {
+		t.Fatalf("calls: %v, want GET twice and POST once", calls)
 	}
 }

@@ -65,6 +65,17 @@ type RunConfig struct {
 	// ForceHTTPS redirects the app's plain-HTTP requests to HTTPS when the
 	// edge serves HTTPS.
 	ForceHTTPS bool `json:"force_https,omitempty"`
+	// Routes are the timeouts and retries of calls to the app through the
+	// mesh.
+	Routes []Route `json:"routes,omitempty"`
+}
+
+// Route is a mesh route policy: calls whose path starts with Path get
+// Timeout (0: none) and Retries (idempotent requests without a body).
+type Route struct {
+	Path    string   `json:"path"`
+	Timeout Duration `json:"timeout,omitempty"`
+	Retries int      `json:"retries,omitempty"`
 }
 
 // Check is a health check of a machine. Type "tcp" connects to PORT; "http"
