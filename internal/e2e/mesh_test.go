@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/graph"
 	"github.com/pier-dev/pier/internal/metrics"
 )
 
@@ -137,14 +137,7 @@ func TestMesh(t *testing.T) {
 			t.Fatalf("latency percentiles: %+v", st)
 		}
 		// The same on /metrics, with the documented labels.
-		req, _ := http.NewRequest("GET", s.api("/metrics"), nil)
-		req.Header.Set("Authorization", "Bearer "+s.token())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		prom, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		prom := s.api("/metrics")
 		for _, want := range []string{`pier_mesh_requests_total{dst_app="api",src_app="other",status_class="5xx"} 5`, `pier_mesh_requests_total{dst_app="api",src_app="other",status_class="2xx"} 15`} {
 			if !strings.Contains(string(prom), want) {
 				t.Fatalf("/metrics lacks %s", want)
@@ -158,6 +151,28 @@ func TestMesh(t *testing.T) {
 		}
 		if st := s.edgeStat("other", "api"); st.Denied != 2 {
 			t.Fatalf("denied after disconnect: %d, want 2", st.Denied)
+		}
+	}
+
+	// learned graph: declared-and-used, declared-but-unused, denied
+	{
+		s.mustPier("connect", "kv", "web") // declared, never used
+		if got := s.fromMachine("web", "http://other.internal/"); !strings.HasPrefix(got, "403 ") {
+			t.Fatalf("web -> other: %q, want 403", got)
+		}
+		var g graph.Graph
+		if err := json.Unmarshal([]byte(s.mustPier("graph", "--json")), &g); err != nil {
+			t.Fatal(err)
+		}
+		states := map[string]string{}
+		for _, e := range g.Edges {
+			states[e.From+"->"+e.To] = e.State
+		}
+		for edge, want := range map[string]string{"web->api": graph.StateUsed, "web->kv": graph.StateUsed, "kv->web": graph.StateDeclared,
+			"web->other": graph.StateDenied, "edge->web": graph.StateUndeclared} {
+			if states[edge] != want {
+				t.Errorf("graph edge %s: state %q, want %q (all: %v)", edge, states[edge], want, states)
+			}
 		}
 	}
 

@@ -21,10 +21,10 @@ import (
 
 // meshParts are the service mesh's pieces, made before the control plane.
 type meshParts struct {
-	ca      *identity.Authority
-	metrics *metrics.Registry
-	mesh    *mesh.Mesh // nil without isolated machines
-	subnet  netip.Prefix
+	ca                *identity.Authority
+	metrics           *metrics.Registry
+	mesh              *mesh.Mesh // nil without isolated machines
+	subnet            netip.Prefix
 	inbound, outbound net.Listener
 }
 
