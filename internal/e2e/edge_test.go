@@ -19,11 +19,11 @@ import (
 // logs -f, scale up and down, destroy.
 func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 	s := startServer(t)
-	s.mustPier("launch", copyApp(t, "go"), "--name", "edge", "--yes")
+	s.mustPier("launch", copyApp(t, "go"), "--name", "front", "--yes")
 
 	t.Run("forwarding headers", func(t *testing.T) {
-		body := s.mustGet("edge", "/headers", "X-Forwarded-For: 127.0.0.1")
-		for _, want := range []string{"X-Forwarded-Proto: http\n", fmt.Sprintf("X-Forwarded-Host: edge.localhost\n")} {
+		body := s.mustGet("front", "/headers", "X-Forwarded-For: 127.0.0.1")
+		for _, want := range []string{"X-Forwarded-Proto: http\n", fmt.Sprintf("X-Forwarded-Host: front.localhost\n")} {
 			if !strings.Contains(body, want) {
 				t.Errorf("upstream saw headers:\n%s\nwant %q", body, want)
 			}
@@ -38,7 +38,7 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 		p.SetUnencryptedHTTP2(true)
 		c := &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/", s.httpPort), nil)
-		req.Host = "edge.localhost"
+		req.Host = "front.localhost"
 		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -59,7 +59,7 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 
 	t.Run("metrics per app", func(t *testing.T) {
 		b := s.api("/metrics")
-		for _, want := range []string{`pier_http_requests_total{app="edge",code="200"}`, `pier_http_request_duration_seconds_bucket{app="edge"`} {
+		for _, want := range []string{`pier_http_requests_total{app="front",code="200"}`, `pier_http_request_duration_seconds_bucket{app="front"`} {
 			if !strings.Contains(b, want) {
 				t.Errorf("/metrics lacks %s", want)
 			}
@@ -69,7 +69,7 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 	t.Run("logs follow and scale", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		follow := exec.CommandContext(ctx, pierBin, "logs", "-f", "-n", "0", "-a", "edge")
+		follow := exec.CommandContext(ctx, pierBin, "logs", "-f", "-n", "0", "-a", "front")
 		follow.Env = s.env()
 		out, err := follow.StdoutPipe()
 		if err != nil {
@@ -80,7 +80,7 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 		}
 		defer func() { cancel(); follow.Wait() }()
 		time.Sleep(300 * time.Millisecond) // let the follower subscribe
-		s.mustPier("scale", "count", "3", "-a", "edge")
+		s.mustPier("scale", "count", "3", "-a", "front")
 		lines := make(chan string)
 		go func() {
 			sc := bufio.NewScanner(out)
@@ -103,7 +103,7 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 		}
 		eventually(t, 10*time.Second, "3 healthy machines", func() error {
 			n := 0
-			for _, m := range s.status("edge").Machines {
+			for _, m := range s.status("front").Machines {
 				if m.Healthy {
 					n++
 				}
@@ -113,15 +113,15 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 			}
 			return nil
 		})
-		s.mustPier("scale", "count", "1", "-a", "edge")
-		if st := s.status("edge"); len(st.Machines) != 1 || st.Count != 1 {
+		s.mustPier("scale", "count", "1", "-a", "front")
+		if st := s.status("front"); len(st.Machines) != 1 || st.Count != 1 {
 			t.Errorf("after scale down: count %d, %d machines", st.Count, len(st.Machines))
 		}
-		s.mustGet("edge", "/", "hello from go")
+		s.mustGet("front", "/", "hello from go")
 	})
 
 	t.Run("events", func(t *testing.T) {
-		b := s.api("/v1/apps/edge/events")
+		b := s.api("/v1/apps/front/events")
 		for _, want := range []string{`"type": "app.create"`, `"type": "deploy"`, `"message": "scaled to 3 machine(s)"`, `"message": "scaled to 1 machine(s)"`} {
 			if !strings.Contains(b, want) {
 				t.Errorf("events lack %s:\n%s", want, b)
@@ -130,14 +130,14 @@ func TestEdgeProxyAndAppLifecycle(t *testing.T) {
 	})
 
 	t.Run("destroy", func(t *testing.T) {
-		s.mustPier("apps", "destroy", "edge", "--yes")
-		if code, _, _ := s.get("edge", "/"); code != 404 {
+		s.mustPier("apps", "destroy", "front", "--yes")
+		if code, _, _ := s.get("front", "/"); code != 404 {
 			t.Errorf("destroyed app still answers %d", code)
 		}
-		if _, err := os.Stat(filepath.Join(s.dataDir, "builds", "edge")); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(s.dataDir, "builds", "front")); !os.IsNotExist(err) {
 			t.Errorf("builds of a destroyed app remain: %v", err)
 		}
-		if out := s.mustPier("apps", "list"); strings.Contains(out, "edge") {
+		if out := s.mustPier("apps", "list"); strings.Contains(out, "front") {
 			t.Errorf("apps list after destroy:\n%s", out)
 		}
 		if n := s.running(); n != 0 {
