@@ -442,7 +442,10 @@ func (s *statusWriter) Flush() {
 	}
 }
 
+// Hijack is how ReverseProxy completes an upgrade (WebSocket): it writes
+// the 101 itself on the raw connection.
 func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	s.status = http.StatusSwitchingProtocols
 	return http.NewResponseController(s.ResponseWriter).Hijack()
 }
 
