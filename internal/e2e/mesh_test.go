@@ -81,6 +81,10 @@ func TestMesh(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(got, "200 xfcc=By=spiffe://pier.internal/app/api;Hash=") || !strings.HasSuffix(got, ";URI=spiffe://pier.internal/app/web") {
 		t.Fatalf("web -> api: %d %q, want 200 with web's verified SPIFFE ID", code, got)
 	}
+	// The edge proxy, too, reaches machines over mTLS with its own identity.
+	if code, got := s.call("api", "GET", "/", ""); code != 200 || !strings.HasSuffix(got, ";URI=spiffe://pier.internal/edge") {
+		t.Fatalf("edge -> api: %d %q, want the edge proxy's SPIFFE ID", code, got)
+	}
 	// Another app, not connected, is denied.
 	if got := s.fromMachine("other", "http://api.internal/"); !strings.HasPrefix(got, "403 ") {
 		t.Fatalf("other -> api: %q, want 403", got)

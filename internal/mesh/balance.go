@@ -158,6 +158,26 @@ func (m *Mesh) pick(ctx context.Context, app string) (*backend, error) {
 	}
 }
 
+// machine returns app's machine id for one call, if it is in traffic.
+// The caller must call b.done when the call ends.
+func (m *Mesh) machine(app, id string) *backend {
+	p := m.poolOf(app, false)
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.backends {
+		if b.id == id {
+			b.mu.Lock()
+			b.inflight++
+			b.mu.Unlock()
+			return b
+		}
+	}
+	return nil
+}
+
 // choose runs under p.mu.
 func (p *pool) choose() *backend {
 	n := len(p.backends)

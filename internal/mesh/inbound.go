@@ -91,8 +91,8 @@ func newInbound(m *Mesh) *inbound {
 			if err != nil {
 				return fmt.Errorf("mesh: client certificate: %w", err)
 			}
-			if _, ok := appOfID(id); !ok {
-				return fmt.Errorf("mesh: %s is not an app identity", id)
+			if _, ok := m.callerOfID(id); !ok {
+				return fmt.Errorf("mesh: %s is neither an app nor the edge proxy", id)
 			}
 			return nil
 		},
@@ -104,6 +104,15 @@ func newInbound(m *Mesh) *inbound {
 			pr.SetURL(b.url)
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Del(hdrUpstreamProto)
+			pr.Out.Header.Del(hdrMachine)
+			if p.src == Edge {
+				// The edge proxy's forwarding headers are the client's.
+				for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+					if v, ok := pr.In.Header[h]; ok {
+						pr.Out.Header[h] = v
+					}
+				}
+			}
 			pr.Out.Header.Set(hdrXFCC, fmt.Sprintf("By=%s;Hash=%s;URI=%s", ids.AppID(p.dst), p.hash, p.srcID))
 		},
 		Transport:     roundTripFunc(in.toMachine),
@@ -204,7 +213,7 @@ func (in *inbound) newServer() {
 		TLSConfig: &tls.Config{NextProtos: []string{"h2", "http/1.1"}},
 		ErrorLog:  newErrorLog(in.m.log),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, inKey{}, peerOf(c.(*tls.Conn)))
+			return context.WithValue(ctx, inKey{}, in.m.peerOf(c.(*tls.Conn)))
 		},
 		IdleTimeout: 5 * time.Minute,
 	}
@@ -248,14 +257,14 @@ func (in *inbound) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol == alpnTCP {
-		in.tunnel(ctx, tc, peerOf(tc))
+		in.tunnel(ctx, tc, in.m.peerOf(tc))
 		return
 	}
 	in.ln.push(tc)
 }
 
 // peerOf reads the verified caller of a finished handshake.
-func peerOf(tc *tls.Conn) *peer {
+func (m *Mesh) peerOf(tc *tls.Conn) *peer {
 	cs := tc.ConnectionState()
 	p := &peer{}
 	p.dst, _ = appOfSNI(cs.ServerName)
@@ -264,7 +273,7 @@ func peerOf(tc *tls.Conn) *peer {
 		if len(leaf.URIs) == 1 {
 			if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil {
 				p.srcID = id
-				p.src, _ = appOfID(id)
+				p.src, _ = m.callerOfID(id)
 			}
 		}
 		sum := sha256.Sum256(leaf.Raw)
@@ -278,7 +287,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.Context().Value(inKey{}).(*peer)
 	e := metrics.Edge{Src: p.src, Dst: p.dst}
 	rec := in.m.cfg.Metrics
-	if !in.m.cfg.Policy.Allowed(p.src, p.dst) {
+	if p.src != Edge && !in.m.cfg.Policy.Allowed(p.src, p.dst) {
 		rec.Denied(e)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusForbidden)
@@ -287,7 +296,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	route := metrics.Route{Method: r.Method, Path: r.URL.Path}
-	b, err := in.m.pick(r.Context(), p.dst)
+	b, err := in.m.backendFor(r, p)
 	if err != nil {
 		code := http.StatusServiceUnavailable
 		if errors.Is(err, context.Canceled) {
@@ -327,6 +336,18 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.done(d)
 	}
 	rec.Request(e, b.id, route, status, grpcFailed(sw.Header()), d, body.n.Load(), sw.n)
+}
+
+// backendFor picks the machine of a call: the one the edge proxy chose
+// (it balances, drains and wakes machines itself), else by latency.
+func (m *Mesh) backendFor(r *http.Request, p *peer) (*backend, error) {
+	if id := r.Header.Get(hdrMachine); id != "" && p.src == Edge {
+		if b := m.machine(p.dst, id); b != nil {
+			return b, nil
+		}
+		return nil, fmt.Errorf("machine %s of %s left traffic: %w", id, p.dst, errNoBackend)
+	}
+	return m.pick(r.Context(), p.dst)
 }
 
 // grpcFailed reads a gRPC status from response headers or trailers.

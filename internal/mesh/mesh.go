@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -52,6 +53,47 @@ type Identities interface {
 	Certificate(id spiffeid.ID) (*tls.Certificate, error)
 	Verify(rawCerts [][]byte) (spiffeid.ID, error)
 	AppID(app string) spiffeid.ID
+	TrustDomain() spiffeid.TrustDomain
+}
+
+// Edge is the caller name of pier's edge proxy (as in the metrics), whose
+// identity is spiffe://<trust-domain>/edge. It may call every app: apps
+// are public through it.
+const Edge = "edge"
+
+func (m *Mesh) edgeID() spiffeid.ID {
+	id, _ := spiffeid.FromSegments(m.cfg.Identities.TrustDomain(), Edge)
+	return id
+}
+
+// idOf is the identity of a caller: an app, or the edge proxy.
+func (m *Mesh) idOf(src string) spiffeid.ID {
+	if src == Edge {
+		return m.edgeID()
+	}
+	return m.cfg.Identities.AppID(src)
+}
+
+// callerOfID names the caller an identity proves: an app or the edge.
+func (m *Mesh) callerOfID(id spiffeid.ID) (string, bool) {
+	if id == m.edgeID() {
+		return Edge, true
+	}
+	return appOfID(id)
+}
+
+// EdgeTransport sends the edge proxy's requests to the callee side over
+// mutual TLS with the edge's identity, on pooled connections; a request
+// names its app in the URL host (<app>.internal) and may name the machine
+// in the Pier-Machine header.
+func (m *Mesh) EdgeTransport() http.RoundTripper {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		cl, err := m.out.client(Edge)
+		if err != nil {
+			return nil, err
+		}
+		return cl.t.RoundTrip(r)
+	})
 }
 
 // Policy says whether src may call dst.
@@ -289,11 +331,13 @@ func (m *Mesh) serviceOf(vip netip.Addr) (string, bool) {
 	return app, ok
 }
 
+// known says whether app has a service address or machines in traffic
+// (machines of the machines API have no service address).
 func (m *Mesh) known(app string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	_, ok := m.vips[app]
-	return ok
+	return ok || m.pools[app] != nil
 }
 
 // appOfID returns the app an identity names: spiffe://<td>/app/<app>.

@@ -466,3 +466,42 @@ func TestRouteTimeoutsAndRetries(t *testing.T) {
 		t.Fatalf("calls: %v, want GET twice and POST once", calls)
 	}
 }
+
+// The edge proxy reaches the callee side over mTLS with its own identity,
+// may call every app, and chooses the machine.
+func TestEdgeThroughTheMesh(t *testing.T) {
+	f := newFixture(t, appServer(t))
+	f.policy.set("web", "api", false) // the edge needs no connection
+	c := &http.Client{Transport: f.m.EdgeTransport()}
+	send := func(machine string) (int, string) {
+		req, _ := http.NewRequest("GET", "https://api.internal/", nil)
+		req.Header.Set("Pier-Machine", machine)
+		req.Header.Set("X-Forwarded-For", "203.0.113.7")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := send("m1"); code != 200 || !strings.HasSuffix(body, "URI=spiffe://test.pier/edge") {
+		t.Fatalf("edge -> api: %d %q, want 200 with the edge's identity", code, body)
+	}
+	if code, _ := send("gone"); code != http.StatusServiceUnavailable {
+		t.Fatalf("edge -> a machine out of traffic: %d, want 503", code)
+	}
+	// An app cannot pick machines or pass as the edge.
+	f.policy.set("web", "api", true)
+	req, _ := http.NewRequest("GET", f.url()+"/", nil)
+	req.Header.Set("Pier-Machine", "gone")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasSuffix(string(b), "URI=spiffe://test.pier/app/web") {
+		t.Fatalf("web with a Pier-Machine header: %d %q, want 200 as web", resp.StatusCode, b)
+	}
+}

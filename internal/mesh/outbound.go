@@ -44,6 +44,7 @@ type client struct {
 const (
 	hdrUpstreamProto = "Pier-Upstream-Proto" // "h2": the caller spoke HTTP/2 (gRPC)
 	hdrXFCC          = "X-Forwarded-Client-Cert"
+	hdrMachine       = "Pier-Machine" // the edge proxy's choice of machine (proxy.MachineHeader)
 )
 
 type outKey struct{}
@@ -63,6 +64,7 @@ func newOutbound(m *Mesh) *outbound {
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Del(hdrXFCC)
 			pr.Out.Header.Del(hdrUpstreamProto)
+			pr.Out.Header.Del(hdrMachine)
 			if pr.In.ProtoMajor == 2 {
 				pr.Out.Header.Set(hdrUpstreamProto, "h2")
 			}
@@ -193,7 +195,7 @@ func (o *outbound) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // client returns the caller's transport for its current certificate.
 func (o *outbound) client(src string) (*client, error) {
-	cert, err := o.m.cfg.Identities.Certificate(o.m.cfg.Identities.AppID(src))
+	cert, err := o.m.cfg.Identities.Certificate(o.m.idOf(src))
 	if err != nil {
 		return nil, fmt.Errorf("certificate of %s: %w", src, err)
 	}

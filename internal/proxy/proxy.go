@@ -48,6 +48,7 @@ type Proxy struct {
 	rp        *httputil.ReverseProxy
 	transport *http.Transport
 	metrics   *Metrics
+	meshed    bool // requests go to machines through the mesh (UseMesh)
 }
 
 type pool struct {
@@ -60,6 +61,7 @@ type pool struct {
 
 type backend struct {
 	pool     *pool
+	app      string
 	id       string
 	url      *url.URL
 	inflight int
@@ -93,6 +95,13 @@ func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Request-Id", pr.In.Header.Get("X-Request-Id"))
+			pr.Out.Header.Del(MachineHeader)
+			if p.meshed {
+				// Over mTLS to the mesh's callee side, which sends the
+				// request to the machine this proxy chose.
+				pr.Out.URL.Scheme, pr.Out.URL.Host = "https", b.app+".internal"
+				pr.Out.Header.Set(MachineHeader, b.id)
+			}
 		},
 		Transport:  t,
 		BufferPool: bufferPool{},
@@ -108,6 +117,18 @@ func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return p
+}
+
+// MachineHeader names the machine the edge proxy chose, on requests it
+// sends through the mesh.
+const MachineHeader = "Pier-Machine"
+
+// UseMesh sends requests to machines through the mesh with rt, which
+// carries the edge proxy's own identity over mutual TLS: machines are
+// reached only through the mesh's callee side. Call it before serving.
+func (p *Proxy) UseMesh(rt http.RoundTripper) {
+	p.rp.Transport = rt
+	p.meshed = true
 }
 
 // AddApp makes the proxy answer for app (with 503 until it has a machine).
@@ -140,7 +161,7 @@ func (p *Proxy) Add(app, id, addr string) {
 			return
 		}
 	}
-	pl.backends = append(pl.backends, &backend{pool: pl, id: id, url: &url.URL{Scheme: "http", Host: addr}})
+	pl.backends = append(pl.backends, &backend{pool: pl, app: app, id: id, url: &url.URL{Scheme: "http", Host: addr}})
 	pl.last = time.Now() // a machine that just joined counts as activity
 	close(pl.changed)
 	pl.changed = make(chan struct{})

@@ -191,6 +191,12 @@ func Run(ctx context.Context, c Config) error {
 	}
 	mach := machines.New(machDriver, imgs, st, hub, log.With("component", "machines"))
 	mach.Router = edge
+	if mp.mesh != nil {
+		// The edge proxy reaches machines only through the mesh, over
+		// mutual TLS with its own identity; the mesh records the requests.
+		edge.UseMesh(mp.mesh.EdgeTransport())
+		mach.Router = routers{edge, mp.mesh}
+	}
 	if c.MachineIdleTimeout > 0 {
 		mach.IdleTimeout = c.MachineIdleTimeout
 	}
@@ -259,6 +265,9 @@ func Run(ctx context.Context, c Config) error {
 		mach.Wake(app)
 	}
 	edge.Record = func(app, machine string, r *http.Request, code int, d time.Duration, out int64) {
+		if mp.mesh != nil && machine != "" {
+			return // the mesh's callee side recorded it
+		}
 		mp.metrics.Request(metrics.Edge{Src: metrics.FromEdge, Dst: app}, machine, metrics.Route{Method: r.Method, Path: r.URL.Path}, code, false, d, max(r.ContentLength, 0), out)
 	}
 	meshCtx, stopMesh := context.WithCancel(ctx)
