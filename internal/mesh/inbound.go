@@ -54,6 +54,7 @@ type (
 	backendKey struct{}
 	h2Key      struct{}
 	retryKey   struct{}
+	failedKey  struct{}
 )
 
 func newInbound(m *Mesh) *inbound {
@@ -115,9 +116,8 @@ func newInbound(m *Mesh) *inbound {
 			}
 			pr.Out.Header.Set(hdrXFCC, fmt.Sprintf("By=%s;Hash=%s;URI=%s", ids.AppID(p.dst), p.hash, p.srcID))
 		},
-		Transport:     roundTripFunc(in.toMachine),
-		BufferPool:    bufferPool{},
-		FlushInterval: -1,
+		Transport:  roundTripFunc(in.toMachine),
+		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				w.WriteHeader(499)
@@ -160,6 +160,9 @@ func (in *inbound) toMachine(r *http.Request) (*http.Response, error) {
 	for range retries {
 		if !retryable(resp, err) || r.Context().Err() != nil {
 			break
+		}
+		if failed, ok := r.Context().Value(failedKey{}).(*bool); ok {
+			*failed = true // the first machine's answer was a failure
 		}
 		b, perr := in.m.pick(r.Context(), p.dst)
 		if perr != nil {
@@ -313,8 +316,9 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout.Duration)
 		defer cancel()
 	}
+	var retried bool
 	if n := retriesFor(rt, r); n > 0 {
-		ctx = context.WithValue(ctx, retryKey{}, n)
+		ctx = context.WithValue(context.WithValue(ctx, retryKey{}, n), failedKey{}, &retried)
 	}
 	if r.Header.Get(hdrUpstreamProto) == "h2" {
 		ctx = context.WithValue(ctx, h2Key{}, true)
@@ -330,7 +334,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if status == 0 {
 		status = http.StatusOK // nothing written: net/http answers 200
 	}
-	if status == http.StatusBadGateway || status == 499 {
+	if status == http.StatusBadGateway || status == 499 || retried {
 		b.done(0)
 	} else {
 		b.done(d)

@@ -36,7 +36,6 @@ type outbound struct {
 type client struct {
 	t       *http.Transport
 	cert    *tls.Certificate
-	serial  string
 	session tls.ClientSessionCache // resumption for tunnels; per certificate, as a resumed session keeps the identity it was made with
 }
 
@@ -71,8 +70,9 @@ func newOutbound(m *Mesh) *outbound {
 		},
 		Transport:  o,
 		BufferPool: bufferPool{},
-		// gRPC and server-sent events need every frame at once.
-		FlushInterval: -1,
+		// No FlushInterval: ReverseProxy flushes at once anyway for
+		// answers without a length (gRPC, streams) and server-sent events;
+		// forcing it for every answer costs a write per response.
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return
@@ -199,16 +199,16 @@ func (o *outbound) client(src string) (*client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificate of %s: %w", src, err)
 	}
-	serial := cert.Leaf.SerialNumber.String()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if c, ok := o.clients[src]; ok && c.serial == serial {
+	// The authority hands out the same value until it renews.
+	if c, ok := o.clients[src]; ok && c.cert == cert {
 		return c, nil
 	}
 	if old, ok := o.clients[src]; ok {
 		go retire(old.t)
 	}
-	cl := &client{cert: cert, serial: serial, session: tls.NewLRUClientSessionCache(64)}
+	cl := &client{cert: cert, session: tls.NewLRUClientSessionCache(64)}
 	cl.t = &http.Transport{
 		DialContext:         o.dialInbound,
 		TLSClientConfig:     o.tlsConfig(cl, "h2", "http/1.1"),

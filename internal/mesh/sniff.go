@@ -34,7 +34,8 @@ var methods = [][]byte{[]byte("GET "), []byte("POST "), []byte("PUT "), []byte("
 
 // sniff reads the first bytes of c (keeping them) and says what they are.
 func sniff(c net.Conn) (*peekedConn, protocol) {
-	pc := &peekedConn{Conn: c, r: bufio.NewReaderSize(c, 4096)}
+	// A small buffer: it only holds the sniffed bytes; larger reads bypass it.
+	pc := &peekedConn{Conn: c, r: bufio.NewReaderSize(c, 64)}
 	c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	defer c.SetReadDeadline(time.Time{})
 	// Peek returns what it has when the deadline passes.
