@@ -35,6 +35,9 @@ type Authority struct {
 	ca      *caState     // never modified once published; replaced whole
 	leaves  map[spiffeid.ID]*cached
 	servers map[string]*cached // key: normalized names joined by ","
+
+	vmu      sync.Mutex
+	verified map[[32]byte]verifiedChain // see Verify
 }
 
 // caState is one version of the CA. The trust material derived from the

@@ -144,7 +144,7 @@ func Open(ctx context.Context, st Store, opts Options) (*Authority, error) {
 		store:   st,
 		log:     opts.Log.With("trust_domain", td.Name()),
 		leaves:  map[spiffeid.ID]*cached{},
-		servers: map[string]*cached{},
+		servers: map[string]*cached{}, verified: map[[32]byte]verifiedChain{},
 	}
 	data, err := st.Load(ctx)
 	if err != nil {

@@ -523,3 +523,19 @@ func BenchmarkCertificateCached(b *testing.B) {
 		}
 	})
 }
+
+// Verify remembers accepted chains, but never past their expiry or a
+// change of the CA.
+func TestVerifyCacheRespectsExpiryAndRotation(t *testing.T) {
+	a, clk, _ := newAuthority(t, Options{LeafTTL: time.Hour})
+	raw := mustCert(t, a, "web")
+	for range 2 { // the second time from the cache
+		if id, err := a.Verify(raw); err != nil || id != a.AppID("web") {
+			t.Fatalf("verify: %v %v", id, err)
+		}
+	}
+	clk.Advance(2 * time.Hour)
+	if _, err := a.Verify(raw); err == nil {
+		t.Fatal("an expired chain verified from the cache")
+	}
+}

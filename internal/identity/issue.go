@@ -1,9 +1,11 @@
 package identity
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -152,12 +154,63 @@ func (a *Authority) Issued(id spiffeid.ID) (CertInfo, bool) {
 // tls.Config.VerifyPeerCertificate) against the anchors currently trusted
 // and returns the peer's SPIFFE ID. Chains from another trust domain, from
 // a pruned anchor, or that are expired, are rejected.
+//
+// A chain verified once is remembered while the CA state it was verified
+// under is current (any rotation or prune starts afresh) and until the
+// first of its certificates expires: peers present the same chain on every
+// resumed handshake and every new pooled connection, and two ECDSA
+// verifications per handshake were most of the cost of resuming.
 func (a *Authority) Verify(rawCerts [][]byte) (spiffeid.ID, error) {
-	id, _, err := x509svid.ParseAndVerify(rawCerts, a, x509svid.WithTime(a.opts.Now()))
+	now := a.opts.Now()
+	st := a.state()
+	key := chainKey(rawCerts)
+	a.vmu.Lock()
+	v, ok := a.verified[key]
+	a.vmu.Unlock()
+	if ok && v.state == st && now.Before(v.notAfter) {
+		return v.id, nil
+	}
+	id, chains, err := x509svid.ParseAndVerify(rawCerts, a, x509svid.WithTime(now))
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("verify peer: %w", err)
 	}
+	v = verifiedChain{id: id, state: st}
+	for i, c := range chains[0] {
+		if i == 0 || c.NotAfter.Before(v.notAfter) {
+			v.notAfter = c.NotAfter
+		}
+	}
+	a.vmu.Lock()
+	if len(a.verified) >= maxVerified {
+		clear(a.verified) // bounded; refilled by the peers still talking
+	}
+	a.verified[key] = v
+	a.vmu.Unlock()
 	return id, nil
+}
+
+// maxVerified bounds the verified-chain cache.
+const maxVerified = 4096
+
+// verifiedChain is a chain Verify accepted.
+type verifiedChain struct {
+	id       spiffeid.ID
+	state    *caState  // the CA state it was verified under
+	notAfter time.Time // the earliest expiry in the chain
+}
+
+// chainKey identifies a presented chain exactly.
+func chainKey(rawCerts [][]byte) [32]byte {
+	h := sha256.New()
+	var n [4]byte
+	for _, c := range rawCerts {
+		binary.BigEndian.PutUint32(n[:], uint32(len(c)))
+		h.Write(n[:])
+		h.Write(c)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // GetX509BundleForTrustDomain makes the Authority an x509bundle.Source that
