@@ -84,14 +84,14 @@ func TestStatFormats(t *testing.T) {
 	none := metrics.Stat{}
 	some := metrics.Stat{Requests: 30000, Successes: 29999, SuccessRate: 29999.0 / 30000}
 	for _, tc := range []struct{ name, got, want string }{
-		{"no requests", successRate(none), "-"},
-		{"all ok", successRate(metrics.Stat{Requests: 5, Successes: 5, SuccessRate: 1}), "100.0%"},
-		{"a failure is never rounded away", successRate(some), "99.9%"},
-		{"half", successRate(metrics.Stat{Requests: 2, Successes: 1, SuccessRate: 0.5}), "50.0%"},
-		{"idle rate", rps(0), "0"},
-		{"slow rate", rps(0.033), "0.03"},
-		{"rate", rps(12.04), "12.0"},
-		{"fast rate", rps(1234.5), "1234"},
+		{"no requests", metrics.FormatPercent(none.SuccessRate, none.Requests), "-"},
+		{"all ok", metrics.FormatPercent(metrics.Stat{Requests: 5, Successes: 5, SuccessRate: 1}.SuccessRate, metrics.Stat{Requests: 5, Successes: 5, SuccessRate: 1}.Requests), "100.0%"},
+		{"a failure is never rounded away", metrics.FormatPercent(some.SuccessRate, some.Requests), "99.9%"},
+		{"half", metrics.FormatPercent(metrics.Stat{Requests: 2, Successes: 1, SuccessRate: 0.5}.SuccessRate, metrics.Stat{Requests: 2, Successes: 1, SuccessRate: 0.5}.Requests), "50.0%"},
+		{"idle rate", metrics.FormatRPS(0), "0"},
+		{"slow rate", metrics.FormatRPS(0.033), "0.03"},
+		{"rate", metrics.FormatRPS(12.04), "12.0"},
+		{"fast rate", metrics.FormatRPS(1234.5), "1234"},
 		{"latency without requests", latency(none, 0), "-"},
 		{"sub-millisecond", latency(some, 0.42), "0.42ms"},
 		{"milliseconds", latency(some, 3.14), "3.1ms"},

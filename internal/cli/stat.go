@@ -92,36 +92,10 @@ func writeStats(w io.Writer, rows []metrics.Stat, edges bool) error {
 		} else {
 			fmt.Fprintf(tw, "%s\t", st.Dst)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", successRate(st), rps(st.RPS),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", metrics.FormatPercent(st.SuccessRate, st.Requests), metrics.FormatRPS(st.RPS),
 			latency(st, st.P50), latency(st, st.P95), latency(st, st.P99), st.TCPOpen, st.Denied, st.Requests)
 	}
 	return tw.Flush()
-}
-
-// successRate is a row's success rate with one decimal, "-" without
-// requests. A failure is never rounded away: 99.96% shows as 99.9%.
-func successRate(st metrics.Stat) string {
-	if st.Requests == 0 {
-		return "-"
-	}
-	s := fmt.Sprintf("%.1f%%", st.SuccessRate*100)
-	if s == "100.0%" && st.Successes < st.Requests {
-		return "99.9%"
-	}
-	return s
-}
-
-// rps formats a rate: two decimals below 0.1, one below 100, none above.
-func rps(r float64) string {
-	switch {
-	case r == 0:
-		return "0"
-	case r < 0.1:
-		return fmt.Sprintf("%.2f", r)
-	case r < 100:
-		return fmt.Sprintf("%.1f", r)
-	}
-	return fmt.Sprintf("%.0f", r)
 }
 
 // latency formats a percentile in milliseconds (0.42ms, 3.1ms, 120ms,
@@ -130,13 +104,5 @@ func latency(st metrics.Stat, ms float64) string {
 	if st.Requests == 0 {
 		return "-"
 	}
-	switch {
-	case ms < 1:
-		return fmt.Sprintf("%.2fms", ms)
-	case ms < 10:
-		return fmt.Sprintf("%.1fms", ms)
-	case ms < 1000:
-		return fmt.Sprintf("%.0fms", ms)
-	}
-	return fmt.Sprintf("%.1fs", ms/1000)
+	return metrics.FormatMillis(ms)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/client"
+	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/spf13/cobra"
 )
 
@@ -125,7 +126,7 @@ func writeTop(w io.Writer, app string, window time.Duration, s client.AppStats) 
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "METHOD\tPATH\tRPS\tSUCCESS\tP50\tP99\tREQUESTS")
 		for _, st := range s.Paths {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", cmp.Or(st.Method, "-"), st.Path, rps(st.RPS), successRate(st), latency(st, st.P50), latency(st, st.P99), st.Requests)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", cmp.Or(st.Method, "-"), st.Path, metrics.FormatRPS(st.RPS), metrics.FormatPercent(st.SuccessRate, st.Requests), latency(st, st.P50), latency(st, st.P99), st.Requests)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -136,7 +137,7 @@ func writeTop(w io.Writer, app string, window time.Duration, s client.AppStats) 
 	fmt.Fprintln(tw, "MACHINE\tRPS\tSUCCESS\tP50\tP99\tTCP\tREQUESTS")
 	for _, st := range s.Machines {
 		// A request that failed before a machine was chosen has none.
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", cmp.Or(st.Machine, "(none)"), rps(st.RPS), successRate(st), latency(st, st.P50), latency(st, st.P99), st.TCPOpen, st.Requests)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", cmp.Or(st.Machine, "(none)"), metrics.FormatRPS(st.RPS), metrics.FormatPercent(st.SuccessRate, st.Requests), latency(st, st.P50), latency(st, st.P99), st.TCPOpen, st.Requests)
 	}
 	return tw.Flush()
 }

@@ -6,6 +6,7 @@ package graph
 
 import (
 	"fmt"
+	"github.com/pier-dev/pier/internal/metrics"
 	"io"
 	"sort"
 	"strings"
@@ -185,7 +186,7 @@ func trafficText(t *Traffic) string {
 	}
 	var parts []string
 	if t.Requests > 0 {
-		parts = append(parts, rate(t.RPS)+" rps", percent(t.SuccessRate, t.Requests)+" ok", "p99 "+millis(t.P99), plural(t.Requests, "request"))
+		parts = append(parts, metrics.FormatRPS(t.RPS)+" rps", metrics.FormatPercent(t.SuccessRate, t.Requests)+" ok", "p99 "+metrics.FormatMillis(t.P99), plural(t.Requests, "request"))
 	} else if t.Connections > 0 {
 		parts = append(parts, plural(t.Connections, "TCP connection"))
 	}
@@ -206,7 +207,7 @@ func shortTraffic(t *Traffic) string {
 		}
 		return "no traffic"
 	}
-	return rate(t.RPS) + " rps, " + percent(t.SuccessRate, t.Requests) + " ok, p99 " + millis(t.P99)
+	return metrics.FormatRPS(t.RPS) + " rps, " + metrics.FormatPercent(t.SuccessRate, t.Requests) + " ok, p99 " + metrics.FormatMillis(t.P99)
 }
 
 func plural(n int64, what string) string {
@@ -214,46 +215,6 @@ func plural(n int64, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
-}
-
-// rate formats requests per second: two decimals below 0.1, one below 100,
-// none above.
-func rate(rps float64) string {
-	switch {
-	case rps == 0:
-		return "0"
-	case rps < 0.1:
-		return fmt.Sprintf("%.2f", rps)
-	case rps < 100:
-		return fmt.Sprintf("%.1f", rps)
-	}
-	return fmt.Sprintf("%.0f", rps)
-}
-
-// percent formats a success rate with one decimal, or "-" without
-// requests. It never rounds a failure away: 99.96% shows as 99.9%.
-func percent(r float64, requests int64) string {
-	if requests == 0 {
-		return "-"
-	}
-	s := fmt.Sprintf("%.1f%%", r*100)
-	if s == "100.0%" && r < 1 {
-		return "99.9%"
-	}
-	return s
-}
-
-// millis formats a latency in milliseconds: 0.42ms, 3.1ms, 120ms, 1.5s.
-func millis(ms float64) string {
-	switch {
-	case ms < 1:
-		return fmt.Sprintf("%.2fms", ms)
-	case ms < 10:
-		return fmt.Sprintf("%.1fms", ms)
-	case ms < 1000:
-		return fmt.Sprintf("%.0fms", ms)
-	}
-	return fmt.Sprintf("%.1fs", ms/1000)
 }
 
 // DOT writes the graph in Graphviz's language: calls in use are solid and

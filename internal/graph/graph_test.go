@@ -143,15 +143,3 @@ func TestObserveNoEdgeNode(t *testing.T) {
 		t.Errorf("text:\n%s", b.String())
 	}
 }
-
-func TestFormat(t *testing.T) {
-	for _, tc := range []struct{ got, want string }{
-		{rate(0), "0"}, {rate(0.042), "0.04"}, {rate(12.04), "12.0"}, {rate(1234.5), "1234"},
-		{percent(0, 0), "-"}, {percent(1, 5), "100.0%"}, {percent(0.99996, 30000), "99.9%"}, {percent(0.5, 2), "50.0%"},
-		{millis(0.42), "0.42ms"}, {millis(3.14), "3.1ms"}, {millis(120.4), "120ms"}, {millis(1520), "1.5s"},
-	} {
-		if tc.got != tc.want {
-			t.Errorf("got %q, want %q", tc.got, tc.want)
-		}
-	}
-}
