@@ -110,21 +110,6 @@ func (m *Mesh) Drain(ctx context.Context, app, id string) error {
 	}
 }
 
-// Backends lists the machines of app in traffic.
-func (m *Mesh) Backends(app string) []string {
-	p := m.poolOf(app, false)
-	if p == nil {
-		return nil
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]string, len(p.backends))
-	for i, b := range p.backends {
-		out[i] = b.id
-	}
-	return out
-}
-
 // pick chooses a machine of app for one call, waiting (bounded) for one
 // to enter traffic. The caller must call b.done when the call ends.
 func (m *Mesh) pick(ctx context.Context, app string) (*backend, error) {
