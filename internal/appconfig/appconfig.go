@@ -106,6 +106,10 @@ type Build struct {
 	Command string `toml:"command,omitempty"`
 	// Start is the shell command that runs the app (replaces the detected one).
 	Start string `toml:"start,omitempty"`
+	// Network is what build steps may reach: "default" (package
+	// registries and the internet, never pier or the host's services) or
+	// "none" (nothing beyond the build machine). Isolated builds only.
+	Network string `toml:"network,omitempty"`
 }
 
 // Deploy controls rollout.
@@ -170,7 +174,7 @@ func Parse(name string, b []byte) (*Config, error) {
 		if errors.As(err, &strict) && len(strict.Errors) > 0 {
 			de := strict.Errors[0]
 			row, _ := de.Position()
-			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound, [http] force_https, [[connections]] resource/access/as)"}
+			return nil, &Error{File: name, Line: row, Key: strings.Join(de.Key(), "."), Msg: "unknown key (known: app, [build] builder/command/start/network, [deploy] strategy/wait_timeout/drain_timeout, [env], [[checks]] type/path/interval/timeout, [http_service] auto_stop_machines/auto_start_machines/min_machines_running/idle_timeout, [network] outbound, [http] force_https, [[connections]] resource/access/as)"}
 		}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
@@ -203,6 +207,11 @@ func (c *Config) validate() error {
 	}
 	if b := c.Build.Builder; b != "" && !contains(Builders, b) {
 		return bad("build.builder", "unknown builder %q (use one of %s)", b, strings.Join(Builders, ", "))
+	}
+	switch c.Build.Network {
+	case "", "default", "none":
+	default:
+		return bad("build.network", "%q is not \"default\" or \"none\"", c.Build.Network)
 	}
 	switch c.Deploy.Strategy {
 	case "", pier.StrategyRolling, pier.StrategyImmediate:
@@ -362,6 +371,7 @@ app = %q
 # builder = "go"          # go, node, python, static or procfile (default: detected)
 # command = "make build"  # build command (default: the builder's)
 # start = "./server"      # start command; the app must listen on $PORT
+# network = "none"        # build steps reach nothing (default: registries and the internet)
 
 # [deploy]
 # strategy = "rolling"    # or "immediate"

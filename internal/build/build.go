@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -20,7 +22,14 @@ import (
 type Builder struct {
 	// Dir holds one directory per build: Dir/<app>/<build id>.
 	Dir string
+	// Sandbox, when set, runs every build step in an isolated build
+	// machine. Without it steps run on the host as pier's own user: only
+	// for servers that cannot isolate (not root, or no runc).
+	Sandbox *Sandbox
 }
+
+// Isolated reports whether build steps run in build machines.
+func (b *Builder) Isolated() bool { return b.Sandbox != nil }
 
 // NewBuildID returns a fresh, time-ordered build id.
 func NewBuildID() string {
@@ -56,24 +65,34 @@ func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.
 			os.RemoveAll(work)
 		}
 	}()
-	for _, step := range plan.Steps {
+	if b.Sandbox != nil {
+		if err := handOver(work); err != nil {
+			return "", fmt.Errorf("stage build: %w", err)
+		}
+	} else if plan.NoNetwork && len(plan.Steps) > 0 {
+		return "", pier.Errorf(pier.Invalid, "pier.toml: [build] network = \"none\" needs isolated builds: run `pier server` as root with runc installed")
+	}
+	for i, step := range plan.Steps {
 		fmt.Fprintf(out, "$ %s\n", step)
-		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", step)
-		cmd.Dir = work
-		cmd.Env = BuildEnv()
-		cmd.Stdout, cmd.Stderr = out, out
-		// Its own process group, so cancelling kills what the step started.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-		cmd.WaitDelay = 5 * time.Second
 		start := time.Now()
-		if err := cmd.Run(); err != nil {
+		var err error
+		if b.Sandbox != nil {
+			err = b.Sandbox.Run(ctx, Step{ID: fmt.Sprintf("build-%s-%d", id, i+1), App: app, Dir: work, Command: step, NoNetwork: plan.NoNetwork, Out: out})
+		} else {
+			err = runOnHost(ctx, work, step, out)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return "", fmt.Errorf("build step `%s` stopped: %w", step, context.Cause(ctx))
 			}
 			return "", &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("build step `%s` failed", step), Err: err}
 		}
 		fmt.Fprintf(out, "  done in %s\n", time.Since(start).Round(10*time.Millisecond))
+	}
+	if b.Sandbox != nil {
+		if err := takeBack(work); err != nil {
+			return "", fmt.Errorf("finish build: %w", err)
+		}
 	}
 	if err := os.Rename(work, final); err != nil {
 		return "", fmt.Errorf("finish build: %w", err)
@@ -82,10 +101,32 @@ func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.
 	return id, nil
 }
 
-// Remove deletes the builds of an app.
-func (b *Builder) Remove(app string) error {
-	return os.RemoveAll(filepath.Join(b.Dir, app))
+// runOnHost runs a step as a host process in its own process group.
+func runOnHost(ctx context.Context, dir, step string, out io.Writer) error {
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", step)
+	cmd.Dir = dir
+	cmd.Env = BuildEnv()
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so cancelling kills what the step started.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd.Run()
 }
+
+// Remove deletes the builds of an app and its build cache.
+func (b *Builder) Remove(app string) error {
+	err := os.RemoveAll(filepath.Join(b.Dir, app))
+	if b.Sandbox != nil {
+		err = errors.Join(err, b.Sandbox.RemoveCache(app))
+	}
+	return err
+}
+
+var (
+	goruntimeNumCPU = goruntime.NumCPU
+	lookPath        = exec.LookPath
+)
 
 // BuildEnv is the environment of build steps: the server's own, minus pier's
 // credentials and settings, plus CI=true so tools do not prompt.

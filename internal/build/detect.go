@@ -20,6 +20,8 @@ type Plan struct {
 	Builder string   // go, node, python, static or procfile
 	Steps   []string // shell commands run in order in the artifact directory
 	Start   string   // shell command that runs the app; empty for static sites
+	// NoNetwork: build steps reach nothing beyond their build machine.
+	NoNetwork bool
 }
 
 // Detect works out the plan for the source in dir, honouring overrides from
@@ -72,6 +74,7 @@ func Detect(dir string, cfg *appconfig.Config) (Plan, error) {
 	if b.Start != "" {
 		p.Start = b.Start
 	}
+	p.NoNetwork = b.Network == "none"
 	if p.Start == "" && builder != "static" {
 		return Plan{}, pier.Errorf(pier.Invalid, "%s app in %s has no start command: add a Procfile with a `web:` line or set [build] start in pier.toml", builder, dir)
 	}

@@ -69,6 +69,10 @@ func (p *Plane) Prepare(ctx context.Context, app string, src io.Reader) (*Upload
 		u.Close()
 		return nil, err
 	}
+	if plan.NoNetwork && !p.Builder.Isolated() {
+		u.Close()
+		return nil, pier.Errorf(pier.Invalid, "pier.toml: [build] network = \"none\" needs isolated builds, and this server builds on the host: run `pier server` as root with runc installed (--runtime runc)")
+	}
 	if _, err := p.declaredConnections(ctx, app, cfg.Connections); err != nil {
 		u.Close()
 		return nil, err

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -169,4 +171,70 @@ func TestSecretsEncryptedAtRest(t *testing.T) {
 	if body := s.mustGet("sec", "/", "hello from go"); strings.Contains(body, value) {
 		t.Errorf("secret still visible after unset: %q", body)
 	}
+}
+
+// TestNoSecretAtRestUnderRunc: with apps in isolated machines, a secret
+// and the credentials of every kind of connection are in the app's
+// machines, and nowhere under the data dir in plain text: not while the
+// machines run (their bundles live on a tmpfs), and not after a restart.
+func TestNoSecretAtRestUnderRunc(t *testing.T) {
+	s := startRuncServer(t)
+	s.mustPier("launch", copyApp(t, "go"), "--name", "web", "--yes")
+	const secret = "correct-horse-battery-staple-runc"
+	s.mustPier("secrets", "set", "-a", "web", "GREETING_SECRET="+secret)
+	values := []string{secret}
+	for _, r := range [][2]string{{"postgres", "db"}, {"redis", "cache"}, {"bucket", "files"}} {
+		s.mustPier("resources", "create", r[0], r[1])
+		s.mustPier("connect", "web", r[1])
+		var conn struct {
+			Values map[string]string `json:"values"`
+		}
+		if err := json.Unmarshal([]byte(s.mustPier("connections", "show", "web", r[1], "--reveal", "--json")), &conn); err != nil {
+			t.Fatal(err)
+		}
+		n := len(values)
+		for k, v := range conn.Values {
+			if strings.Contains(k, "PASSWORD") || strings.Contains(k, "SECRET") {
+				values = append(values, v)
+			}
+		}
+		if len(values) == n {
+			t.Fatalf("connection to %s has no credentials: %v", r[1], conn.Values)
+		}
+	}
+	s.mustGet("web", "/", "secret="+secret)
+	grep := func(when string) {
+		t.Helper()
+		err := filepath.WalkDir(s.dataDir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if errors.Is(err, syscall.EINVAL) {
+				return nil // a pinned network namespace (nsfs), not data
+			}
+			if err != nil {
+				return err
+			}
+			for _, v := range values {
+				if bytes.Contains(b, []byte(v)) {
+					t.Errorf("%s: %s holds a secret in plain text", when, path)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	grep("while running")
+	s.stop(syscall.SIGTERM)
+	s.start()
+	eventually(t, 30*time.Second, "app back after restart", func() error {
+		if _, body, err := s.get("web", "/"); err != nil || !strings.Contains(body, "secret="+secret) {
+			return fmt.Errorf("web: %q %v", body, err)
+		}
+		return nil
+	})
+	grep("after a restart")
 }

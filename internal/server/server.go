@@ -174,8 +174,14 @@ func Run(ctx context.Context, c Config) error {
 		if err != nil {
 			return fmt.Errorf("app machines' root filesystem: %w", err)
 		}
+		if hostfs.Under(c.DataDir) {
+			return fmt.Errorf("data dir %s lies in a host directory that machines see read-only: choose another --data-dir, e.g. /var/lib/pier", c.DataDir)
+		}
 		supCfg.Driver, supCfg.HostFS, cleaner = isolated, hostfs, isolated
+		// Build steps are untrusted code: they run in build machines.
+		builder.Sandbox = &build.Sandbox{Machines: isolated, Root: hostfs.FS, CacheDir: filepath.Join(c.DataDir, "cache")}
 	} else {
+		log.Warn("builds run on the host as this server's user, without isolation: run pier server as root with runc installed (--runtime runc) to build in isolated build machines")
 		pd := process.New()
 		supCfg.Driver, cleaner = pd, pd
 	}

@@ -1,82 +1,27 @@
 package supervisor
 
 import (
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/hostfs"
 	"github.com/pier-dev/pier/internal/runtime"
 )
 
 // HostFS is the root filesystem of app machines under an isolating runtime:
-// a skeleton directory (the read-only lower layer) with the host's system
-// directories bound read-only into it, so Go, Node, Python and static apps
-// built on the host run unchanged, plus the release at /app. Nothing else
-// of the host is visible: not /root, /home, /var, /work, nor pier's data.
+// the host's system directories (hostfs.FS) with the release at /app, so
+// Go, Node, Python and static apps built on the host run unchanged.
 type HostFS struct {
-	Base   string          // skeleton root directory
-	Mounts []runtime.Mount // read-only binds of host system paths
-	Self   string          // the pier binary, which serves static sites
+	*hostfs.FS
+	Self string // the pier binary, which serves static sites
 }
-
-// hostDirs are bound whole when they are directories on the host (on a
-// merged-/usr system bin, lib and sbin are symlinks and are copied as such).
-var hostDirs = []string{"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"}
-
-// hostEtc are the parts of /etc programs need to run: users, name service
-// switch, TLS roots, time zone, MIME types, alternatives. Not shadow files,
-// not the host's name or its network configuration.
-var hostEtc = []string{"passwd", "group", "nsswitch.conf", "ssl", "ca-certificates", "ca-certificates.conf",
-	"alternatives", "localtime", "timezone", "mime.types", "protocols", "services", "os-release"}
 
 // NewHostFS prepares the skeleton under dir.
 func NewHostFS(dir, self string) (*HostFS, error) {
-	base := filepath.Join(dir, "rootfs")
-	if err := os.MkdirAll(base, 0o755); err != nil {
+	fs, err := hostfs.New(dir)
+	if err != nil {
 		return nil, err
 	}
-	h := &HostFS{Base: base, Self: self}
-	for _, d := range hostDirs {
-		host := "/" + d
-		fi, err := os.Lstat(host)
-		if err != nil {
-			continue
-		}
-		target := filepath.Join(base, d)
-		if fi.Mode()&os.ModeSymlink != 0 {
-			link, err := os.Readlink(host)
-			if err != nil {
-				return nil, err
-			}
-			os.Remove(target)
-			if err := os.Symlink(link, target); err != nil {
-				return nil, fmt.Errorf("host rootfs: %w", err)
-			}
-			continue
-		}
-		if err := os.MkdirAll(target, 0o755); err != nil {
-			return nil, err
-		}
-		h.Mounts = append(h.Mounts, runtime.Mount{Source: host, Target: host, ReadOnly: true})
-	}
-	for _, d := range []string{"etc", "app", "tmp", "var/tmp", "run", "home", ".pier"} {
-		if err := os.MkdirAll(filepath.Join(base, d), 0o755); err != nil {
-			return nil, err
-		}
-	}
-	for _, d := range []string{"tmp", "var/tmp"} {
-		if err := os.Chmod(filepath.Join(base, d), 0o1777); err != nil {
-			return nil, err
-		}
-	}
-	for _, e := range hostEtc {
-		p := filepath.Join("/etc", e)
-		if _, err := os.Stat(p); err == nil {
-			h.Mounts = append(h.Mounts, runtime.Mount{Source: p, Target: p, ReadOnly: true})
-		}
-	}
-	return h, nil
+	return &HostFS{FS: fs, Self: self}, nil
 }
 
 // machinePath is a PATH for app machines: the host's system directories,

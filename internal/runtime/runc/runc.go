@@ -5,10 +5,13 @@
 // bridge. The host firewall keeps machines away from host services and from
 // each other; the host (the edge proxy) can reach every machine.
 //
-// On disk, everything a machine has lives under StateDir/<id> (bundle,
-// overlay layers and mount, the pinned network namespace), runc's own state
-// under StateDir/runc-root, and its cgroups at /pier/<id> in every
-// hierarchy; Cleanup finds leftovers there after a crash.
+// On disk, a machine's overlay layers and mount and its pinned network
+// namespace live under StateDir/<id>, runc's own state under
+// StateDir/runc-root, and its cgroups at /pier/<id> in every hierarchy. Its
+// runc bundle (config.json, which holds the machine's environment and so
+// its secrets, plus runc's pid file and log) lives under RunDir/<id>, on a
+// tmpfs: secrets never reach a disk. Cleanup finds leftovers in all of them
+// after a crash.
 package runc
 
 import (
@@ -37,9 +40,13 @@ import (
 
 // Config configures a Driver. Zero fields get the documented defaults.
 type Config struct {
-	// StateDir holds machine bundles and runc's state; required. Nothing
+	// StateDir holds machines' layers and runc's state; required. Nothing
 	// else may live in it: Cleanup removes what it does not know.
 	StateDir string
+	// RunDir holds machines' runc bundles; it must be on a tmpfs, since a
+	// bundle holds the machine's environment. Default: a directory of its
+	// own under /run/pier, which is made a tmpfs when it is not on one.
+	RunDir string
 	// Subnet is where machine addresses come from (default
 	// 100.96.0.0/16); the bridge holds its first address. The lower half
 	// is for machines allowed outbound traffic, the upper half for
@@ -148,6 +155,12 @@ func New(c Config) (*Driver, error) {
 		return nil, err
 	}
 	c.StateDir = abs
+	if c.RunDir == "" {
+		c.RunDir = defaultRunDir(abs)
+	}
+	if err := ensureTmpfs(c.RunDir); err != nil {
+		return nil, fmt.Errorf("runc runtime: %w", err)
+	}
 	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}, hostRules: map[string]bool{}}
 	if err := os.MkdirAll(d.root, 0o700); err != nil {
 		return nil, err
@@ -238,7 +251,10 @@ func (d *Driver) Uninstall(ctx context.Context) error {
 // validID keeps ids usable as file, cgroup and runc container names.
 var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
-func (d *Driver) bundle(id string) string { return filepath.Join(d.cfg.StateDir, id) }
+// layers is where a machine's overlay layers, root mount and network
+// namespace live; bundle is its runc bundle, on the tmpfs.
+func (d *Driver) layers(id string) string { return filepath.Join(d.cfg.StateDir, id) }
+func (d *Driver) bundle(id string) string { return filepath.Join(d.cfg.RunDir, id) }
 
 // Start creates and starts a machine; it returns once the machine's command
 // is running. ctx bounds the start only, not the machine's life.
@@ -270,7 +286,7 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 }
 
 func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger) (_ *proc, err error) {
-	id, b := spec.ID, d.bundle(spec.ID)
+	id, b, run := spec.ID, d.layers(spec.ID), d.bundle(spec.ID)
 	var addr netip.Addr
 	handedOff := false // once runc runs, its waiter owns the teardown
 	defer func() {
@@ -286,14 +302,14 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		d.forget(id)
 	}()
 
-	// A bundle of the same id is a leftover of a crash; it is not live.
-	if _, err := os.Stat(b); err == nil {
+	// A machine of the same id is a leftover of a crash; it is not live.
+	if exists(b) || exists(run) {
 		if _, err := d.teardown(ctx, id); err != nil {
 			return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
 		}
 	}
 	upper, work, rootfs := filepath.Join(b, "upper"), filepath.Join(b, "work"), filepath.Join(b, "rootfs")
-	for _, dir := range []string{b, upper, work, rootfs} {
+	for _, dir := range []string{b, upper, work, rootfs, run} {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return nil, err
 		}
@@ -351,13 +367,13 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(b, "config.json"), js, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(run, "config.json"), js, 0o600); err != nil {
 		return nil, err
 	}
 
-	pidFile := filepath.Join(b, "pid")
-	cmd := exec.Command(d.cfg.Runc, "--root", d.root, "--log", filepath.Join(b, "runc.log"), "--log-format", "json",
-		"run", "--bundle", b, "--pid-file", pidFile, "--keep", id)
+	pidFile := filepath.Join(run, "pid")
+	cmd := exec.Command(d.cfg.Runc, "--root", d.root, "--log", filepath.Join(run, "runc.log"), "--log-format", "json",
+		"run", "--bundle", run, "--pid-file", pidFile, "--keep", id)
 	// --keep: runc would otherwise delete the cgroup the moment the machine
 	// exits, and with it the OOM-kill counter Wait reads. Pdeathsig: if
 	// the server dies, runc goes too (the machine itself survives until
@@ -432,7 +448,7 @@ func cgroupPath(id string) string { return "/pier/" + id }
 // teardown removes everything a machine may have on the host; each step
 // tolerates its part being gone already. found says whether anything was.
 func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error) {
-	b := d.bundle(id)
+	b := d.layers(id)
 	var errs []error
 	if _, serr := os.Stat(filepath.Join(d.root, id)); serr == nil {
 		found = true
@@ -485,6 +501,12 @@ func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error
 		if mounted := mountsUnder(b); len(mounted) > 0 {
 			errs = append(errs, fmt.Errorf("%s still has mounts %v: not removing it", b, mounted))
 		} else if rerr := os.RemoveAll(b); rerr != nil {
+			errs = append(errs, rerr)
+		}
+	}
+	if run := d.bundle(id); exists(run) {
+		found = true
+		if rerr := os.RemoveAll(run); rerr != nil {
 			errs = append(errs, rerr)
 		}
 	}
@@ -569,7 +591,8 @@ func (d *Driver) Cleanup(ctx context.Context, ids []string) (int, error) {
 			cand[e.Name()] = true
 		}
 	}
-	if entries, err := os.ReadDir(d.cfg.StateDir); err == nil {
+	for _, dir := range []string{d.cfg.StateDir, d.cfg.RunDir} {
+		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
 			if e.IsDir() && e.Name() != runcRoot && validID.MatchString(e.Name()) {
 				cand[e.Name()] = true

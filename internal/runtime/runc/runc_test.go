@@ -133,7 +133,7 @@ func sweepStale() {
 		}
 		bridge := fmt.Sprintf("pt%d", pid%100000)
 		state := filepath.Join(dir, "state")
-		d := &Driver{cfg: Config{StateDir: state, Bridge: bridge, Runc: "runc"}, log: slog.New(slog.DiscardHandler),
+		d := &Driver{cfg: Config{StateDir: state, RunDir: defaultRunDir(state), Bridge: bridge, Runc: "runc"}, log: slog.New(slog.DiscardHandler),
 			root: filepath.Join(state, runcRoot), live: map[string]bool{}, fw: firewall{bridge: bridge}}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		_, err1 := d.Cleanup(ctx, nil)
@@ -159,8 +159,12 @@ func leaks() []string {
 	entries, _ := os.ReadDir(stateDir)
 	for _, e := range entries {
 		if e.Name() != runcRoot {
-			out = append(out, "bundle: "+e.Name())
+			out = append(out, "layers: "+e.Name())
 		}
+	}
+	entries, _ = os.ReadDir(drv.cfg.RunDir)
+	for _, e := range entries {
+		out = append(out, "bundle: "+e.Name())
 	}
 	for _, l := range strayVeths(testBridge, nil) {
 		out = append(out, "veth: "+l.Attrs().Name)
@@ -955,5 +959,41 @@ func TestSubnetInUse(t *testing.T) {
 	}
 	if _, err := net.InterfaceByName("ptclash"); err == nil {
 		t.Error("bridge created anyway")
+	}
+}
+
+// TestEnvironmentStaysOffDisk: a machine's environment (its secrets) is in
+// its runc bundle, which lives on a tmpfs; nothing under the state dir
+// holds it while the machine runs.
+func TestEnvironmentStaysOffDisk(t *testing.T) {
+	need(t)
+	const secret = "s3cret-value-that-must-not-touch-disk"
+	m := start(t, func(s *runtime.Spec) { s.Env = append(s.Env, "API_KEY="+secret) })
+	if !onTmpfs(drv.cfg.RunDir) {
+		t.Fatalf("bundles in %s, not on a tmpfs", drv.cfg.RunDir)
+	}
+	cfg, err := os.ReadFile(filepath.Join(drv.bundle(m.id), "config.json"))
+	if err != nil || !bytes.Contains(cfg, []byte(secret)) {
+		t.Fatalf("bundle config.json on the tmpfs lacks the environment: %v", err)
+	}
+	err = filepath.WalkDir(stateDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() || strings.Contains(path, "/rootfs/") {
+			return nil // rootfs/ is the machine's overlay mount, not the disk layout
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && bytes.Contains(b, []byte(secret)) {
+			t.Errorf("%s holds the machine's environment", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop(t, m)
+	if exists(drv.bundle(m.id)) {
+		t.Errorf("bundle %s outlives its machine", drv.bundle(m.id))
 	}
 }
