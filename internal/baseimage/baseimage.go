@@ -260,7 +260,7 @@ func (b *Bases) build(ctx context.Context, root string, db *dpkgDB, canonical, f
 	start := time.Now()
 	b.builds.Add(1)
 	fmt.Fprintf(progress, "assembling base image %s from %d Debian packages ...\n", canonical, len(pkgs))
-	c := newCollector(root, b.log())
+	c := newCollector(root)
 	m := meta{Canonical: canonical, Fingerprint: fp}
 	for _, p := range pkgs {
 		m.Packages = append(m.Packages, p.ID())
@@ -307,6 +307,6 @@ func (b *Bases) build(ctx context.Context, root string, db *dpkgDB, canonical, f
 	fmt.Fprintf(progress, "done: %s (%d files, layer %s) in %.1fs\n",
 		humanBytes(w.Unpacked), w.Files, humanBytes(w.Size), el.Seconds())
 	b.log().Info("base image assembled", "base", canonical, "id", id, "packages", len(pkgs),
-		"files", w.Files, "unpacked", w.Unpacked, "layer", w.Size, "took", el.Round(time.Millisecond))
+		"files", w.Files, "unpacked", w.Unpacked, "layer", w.Size, "took", el.Round(time.Millisecond), "left out", c.skipped)
 	return m, nil
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"maps"
 	"os"
 	"path"
@@ -56,15 +55,14 @@ const maxLinks = 40
 // real path, and nothing outside root is read.
 type collector struct {
 	root    string
-	log     *slog.Logger
 	entries map[string]*entry
 	dirs    map[string]string // absolute path as named -> real directory, relative
 	skipped map[string]int    // why entries were left out -> how many
 }
 
-func newCollector(root string, log *slog.Logger) *collector {
+func newCollector(root string) *collector {
 	return &collector{
-		root: root, log: log,
+		root:    root,
 		entries: map[string]*entry{},
 		dirs:    map[string]string{"/": ""},
 		skipped: map[string]int{},
@@ -132,7 +130,7 @@ func (c *collector) skip(why string) { c.skipped[why]++ }
 // missing or already there. Directories are added alone, not their content.
 func (c *collector) addHost(p string) error {
 	rel, err := c.real(p)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP) {
 		c.skip("not on disk")
 		return nil
 	}
@@ -206,7 +204,7 @@ func (c *collector) sorted() []*entry {
 // Their content is read now, once: it is what the fingerprint hashes and
 // exactly what the base holds.
 func hostExtras(root string) ([]*entry, error) {
-	c := newCollector(root, nil)
+	c := newCollector(root)
 	var out []*entry
 	for _, top := range []string{"bin", "sbin", "lib", "lib32", "lib64", "libx32"} {
 		fi, err := os.Lstat(c.host(top))
