@@ -180,7 +180,10 @@ func (b *Bases) Get(ctx context.Context, name string, progress io.Writer) (Base,
 	if err != nil {
 		return Base{}, fmt.Errorf("base image %s: %w", name, err)
 	}
-	fp := fingerprint(canonical, pkgs, extras)
+	fp, err := fingerprint(root, canonical, pkgs, extras)
+	if err != nil {
+		return Base{}, fmt.Errorf("base image %s: %w", name, err)
+	}
 	id := canonical + "-" + fp[:20]
 
 	dir, err := b.dir()
@@ -223,14 +226,19 @@ func (b *Bases) dir() (string, error) {
 	return dir, nil
 }
 
-func fingerprint(canonical string, pkgs []*pkg, extras []*entry) string {
+func fingerprint(root, canonical string, pkgs []*pkg, extras []*entry) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "pier base image\nformat %d\nbase %s\n", FormatVersion, canonical)
 	for _, p := range pkgs {
 		fmt.Fprintf(h, "package %s:%s=%s\n", p.Name, p.Arch, p.Version)
+		for _, tree := range hostTrees[p.Name] {
+			if err := treeStamp(h, root, tree); err != nil {
+				return "", fmt.Errorf("%s's %s: %w", p.Name, tree, err)
+			}
+		}
 	}
 	hashEntries(h, extras)
-	return hex.EncodeToString(h.Sum(nil))
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func readMeta(dir string) (meta, error) {
@@ -271,6 +279,11 @@ func (b *Bases) build(ctx context.Context, root string, db *dpkgDB, canonical, f
 		for _, f := range files {
 			if err := c.addHost(f); err != nil {
 				return meta{}, fmt.Errorf("package %s: %s: %w", p.Name, f, err)
+			}
+		}
+		for _, tree := range hostTrees[p.Name] {
+			if err := c.addTree(tree); err != nil {
+				return meta{}, fmt.Errorf("package %s: %s: %w", p.Name, tree, err)
 			}
 		}
 	}

@@ -196,6 +196,66 @@ func (c *collector) sorted() []*entry {
 	return out
 }
 
+// hostTrees are trees of a package's files taken whole from disk rather
+// than from its .list, because its own tools replace them after install:
+// "npm install -g npm" swaps nodesource's npm for another version, whose
+// files dpkg knows nothing of (and some listed ones are gone). Apps start
+// with the host's npm at build time, so they get the same one at run time.
+var hostTrees = map[string][]string{
+	"nodejs": {"/usr/lib/node_modules/npm"},
+}
+
+// addTree adds everything under the host's directory p (absolute, clean).
+func (c *collector) addTree(p string) error {
+	rel, err := c.realDir(p, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(c.host(rel), func(q string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		r, err := filepath.Rel(c.root, q)
+		if err != nil {
+			return err
+		}
+		return c.addHost("/" + filepath.ToSlash(r))
+	})
+}
+
+// treeStamp hashes what the host's tree p holds, from metadata only (a
+// walk of lstats, no file read): an upgrade changes sizes and mtimes.
+func treeStamp(h io.Writer, root, p string) error {
+	c := newCollector(root)
+	rel, err := c.realDir(p, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(h, "tree %s\n", p)
+	return filepath.WalkDir(c.host(rel), func(q string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, _ := fi.Sys().(*syscall.Stat_t)
+		var ino uint64
+		if st != nil {
+			ino = st.Ino
+		}
+		fmt.Fprintf(h, "%s %v %d %d %d\n", q, fi.Mode(), fi.Size(), fi.ModTime().UnixNano(), ino)
+		return nil
+	})
+}
+
 // hostExtras are the files of every base that no package lists: the ones
 // update-ca-certificates generates (the bundle and the hashed symlink farm
 // in /etc/ssl/certs, with local CAs under /usr/local/share/ca-certificates),

@@ -5,9 +5,11 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -32,6 +34,8 @@ func fakeHost(t *testing.T) string {
 		"etc/ssl/certs/ca-certificates.crt":         "A\nL\n",
 		"etc/ssl/certs/java/cacerts":                "jks",
 		"hostfile":                                  "at the root",
+		"usr/lib/node_modules/npm/new.js":           "npm 11",
+		"usr/bin/node":                              "node",
 	}
 	for p, data := range files {
 		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
@@ -82,6 +86,7 @@ func fakeHost(t *testing.T) string {
 		"libc6":           "/.\n/lib64/ld.so\n/lib/x\n/lib/x/fifo\n",
 		"ca-certificates": "/etc\n/etc/ssl\n/etc/ssl/certs\n/usr/share/ca-certificates/a.crt\n",
 		"netbase":         "/etc/services\n/etc/passwd-not-really\n",
+		"nodejs":          "/usr/bin/node\n/usr/lib/node_modules/npm\n/usr/lib/node_modules/npm/old.js\n",
 	}
 	for name, list := range lists {
 		status.WriteString("Package: " + name + "\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n\n")
@@ -127,5 +132,64 @@ func TestFakeHost(t *testing.T) {
 	}
 	if got != string(want) {
 		t.Errorf("layer differs from %s (go test -run TestFakeHost -update rewrites it):\n%s", golden, got)
+	}
+}
+
+// A changed host makes a new base; an unchanged one reuses the cached base.
+func TestFakeHostChanges(t *testing.T) {
+	root := fakeHost(t)
+	b := New(t.TempDir(), nil)
+	b.root = root
+	b.specs = map[string]spec{"n": {Required: []string{"nodejs"}}}
+	get := func() Base {
+		t.Helper()
+		base, err := b.Get(context.Background(), "n", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base
+	}
+	first := get()
+	m := entryMap(readLayer(t, first))
+	if _, ok := m["usr/lib/node_modules/npm/new.js"]; !ok {
+		t.Error("npm's files on disk are not in the base")
+	}
+	if get().ID != first.ID || b.builds.Load() != 1 {
+		t.Fatalf("an unchanged host rebuilt the base")
+	}
+
+	// npm upgraded in place: same package version, other files.
+	npm := filepath.Join(root, "usr/lib/node_modules/npm/new.js")
+	if err := os.WriteFile(npm, []byte("npm 12"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(npm, time.Unix(1e9, 0), time.Unix(1e9, 0)); err != nil {
+		t.Fatal(err)
+	}
+	second := get()
+	if second.ID == first.ID || b.builds.Load() != 2 {
+		t.Errorf("npm upgraded: base %s, before %s", second.ID, first.ID)
+	}
+
+	// A package upgraded.
+	status := filepath.Join(root, "var/lib/dpkg/status")
+	raw, err := os.ReadFile(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw = []byte(strings.Replace(string(raw), "Package: netbase\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0", "Package: netbase\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.1", 1))
+	if err := os.WriteFile(status, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	third := get()
+	if third.ID == second.ID || !slices.Contains(third.Packages, "netbase=1.1") {
+		t.Errorf("netbase upgraded: base %s %v, before %s", third.ID, third.Packages, second.ID)
+	}
+
+	// The node base needs coreutils too, which this host lacks.
+	b.specs = nil
+	_, err = b.Get(context.Background(), "node", nil)
+	if err == nil || err.Error() != "base image node needs coreutils: apt-get install coreutils" {
+		t.Errorf("node without coreutils: %v", err)
 	}
 }
