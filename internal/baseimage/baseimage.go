@@ -90,7 +90,7 @@ type Bases struct {
 	root  string          // the host's root; "" is "/" (tests point it elsewhere)
 	specs map[string]spec // nil is defaultSpecs (tests add bases)
 
-	locks  sync.Map // key -> *sync.Mutex (a handful of bases: never pruned)
+	locks  sync.Map // ID -> chan struct{} of capacity 1 (a handful of bases: never pruned)
 	builds atomic.Int64
 
 	mu     sync.Mutex
@@ -190,10 +190,12 @@ func (b *Bases) Get(ctx context.Context, name string, progress io.Writer) (Base,
 	if err != nil {
 		return Base{}, err
 	}
-	mu, _ := b.locks.LoadOrStore(id, &sync.Mutex{})
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
-	if m, err := readMeta(filepath.Join(dir, id)); err == nil && m.Fingerprint == fp {
+	unlock, err := b.lock(ctx, id)
+	if err != nil {
+		return Base{}, fmt.Errorf("base image %s: %w", name, err)
+	}
+	defer unlock()
+	if m, err := readMeta(filepath.Join(dir, id)); err == nil && m.Fingerprint == fp && complete(filepath.Join(dir, id)) {
 		fmt.Fprintf(progress, "using cached base image %s (%d Debian packages)\n", name, len(m.Packages))
 		return b.base(name, id, dir, m), nil
 	}
@@ -239,6 +241,26 @@ func fingerprint(root, canonical string, pkgs []*pkg, extras []*entry) (string, 
 	}
 	hashEntries(h, extras)
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// lock takes the mutex of the base id, or gives up when ctx is done.
+func (b *Bases) lock(ctx context.Context, id string) (unlock func(), err error) {
+	v, _ := b.locks.LoadOrStore(id, make(chan struct{}, 1))
+	ch := v.(chan struct{})
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// complete says whether a cached base still has its layer and rootfs
+// (base.json is written last, but either may have been removed by hand).
+func complete(dir string) bool {
+	_, err1 := os.Stat(filepath.Join(dir, "layer.tar.gz"))
+	fi, err2 := os.Stat(filepath.Join(dir, "rootfs"))
+	return err1 == nil && err2 == nil && fi.IsDir()
 }
 
 func readMeta(dir string) (meta, error) {

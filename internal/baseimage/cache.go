@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -106,10 +105,12 @@ func (b *Bases) GC(ctx context.Context, keep map[string]bool) (removed int, err 
 		if id == "tmp" || keep[id] || !e.IsDir() || !strings.Contains(id, "-") {
 			continue
 		}
-		mu, _ := b.locks.LoadOrStore(id, &sync.Mutex{})
-		mu.(*sync.Mutex).Lock()
-		err := removeTree(filepath.Join(dir, id))
-		mu.(*sync.Mutex).Unlock()
+		unlock, err := b.lock(ctx, id)
+		if err != nil {
+			return removed, err
+		}
+		err = removeTree(filepath.Join(dir, id))
+		unlock()
 		if err != nil {
 			return removed, fmt.Errorf("base images gc: %w", err)
 		}

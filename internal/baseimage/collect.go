@@ -190,8 +190,7 @@ func (c *collector) sorted() []*entry {
 		}
 	}
 	out := slices.Collect(maps.Values(c.entries))
-	// Plain string order puts a directory before its content: "a" < "a/b",
-	// and the only bytes sorting before '/' cannot end a parent's name early.
+	// A prefix sorts first: a directory comes before what it holds.
 	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.Path, b.Path) })
 	return out
 }

@@ -1,6 +1,7 @@
 package baseimage
 
 import (
+	"archive/tar"
 	"context"
 	"flag"
 	"os"
@@ -191,5 +192,28 @@ func TestFakeHostChanges(t *testing.T) {
 	_, err = b.Get(context.Background(), "node", nil)
 	if err == nil || err.Error() != "base image node needs coreutils: apt-get install coreutils" {
 		t.Errorf("node without coreutils: %v", err)
+	}
+}
+
+// The unpacker goes through directories it made, never through a symlink.
+func TestWriteRefusesPathsThroughSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	entries := []*entry{
+		{Path: "etc", Type: tar.TypeSymlink, Mode: 0o777, Link: "/etc"},
+		{Path: "etc/evil", Type: tar.TypeReg, Mode: 0o644, Data: []byte("x")},
+	}
+	_, err := write(context.Background(), entries, filepath.Join(dir, "layer.tar.gz"), filepath.Join(dir, "rootfs"))
+	if err == nil {
+		t.Fatal("wrote through a symlink")
+	}
+	if _, err := os.Lstat("/etc/evil"); err == nil {
+		t.Fatal("/etc/evil exists")
+	}
+	for _, p := range []string{"../x", "/x", "a/../../x", ""} {
+		_, err := write(context.Background(), []*entry{{Path: p, Type: tar.TypeDir, Mode: 0o755}},
+			filepath.Join(dir, "l"+strings.ReplaceAll(p, "/", "_")), filepath.Join(dir, "r"+strings.ReplaceAll(p, "/", "_")))
+		if err == nil {
+			t.Errorf("wrote %q", p)
+		}
 	}
 }

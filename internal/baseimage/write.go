@@ -48,7 +48,7 @@ func write(ctx context.Context, entries []*entry, layerPath, rootfs string) (wri
 	}
 	diff := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(gz, diff))
-	u := &unpacker{root: rootfs, buf: make([]byte, 1<<20)}
+	u := &unpacker{root: rootfs, made: map[string]bool{}, buf: make([]byte, 1<<20)}
 	if err := os.Mkdir(rootfs, 0o700); err != nil {
 		return w, err
 	}
@@ -100,6 +100,7 @@ func (c *hashCounter) Write(b []byte) (int, error) {
 type unpacker struct {
 	root string
 	dirs []*entry // modes and times applied by finish, once they are filled
+	made map[string]bool
 	buf  []byte
 }
 
@@ -113,8 +114,13 @@ func tarMode(e *entry) int64 {
 
 // put writes e to tw and under u.root; it returns the bytes of content.
 func (u *unpacker) put(tw *tar.Writer, e *entry) (int64, error) {
-	if e.Path == "" || e.Path != path.Clean(e.Path) || path.IsAbs(e.Path) || e.Path == ".." || len(e.Path) > 2 && e.Path[:3] == "../" {
+	if !fs.ValidPath(e.Path) || e.Path == "." { // relative, clean, no ".."
 		return 0, fmt.Errorf("path outside the image")
+	}
+	// Only directories made here are gone through: never a symlink, which
+	// could lead out of the rootfs.
+	if d := path.Dir(e.Path); d != "." && !u.made[d] {
+		return 0, fmt.Errorf("%s is not a directory of the image, or comes later", d)
 	}
 	dst := filepath.Join(u.root, filepath.FromSlash(e.Path))
 	hdr := &tar.Header{
@@ -131,6 +137,7 @@ func (u *unpacker) put(tw *tar.Writer, e *entry) (int64, error) {
 			return 0, err
 		}
 		u.dirs = append(u.dirs, e)
+		u.made[e.Path] = true
 		// Writable until finish, for an unpacker not run as root.
 		return 0, os.Mkdir(dst, 0o700)
 	case tar.TypeSymlink:
