@@ -50,6 +50,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/apps/{app}", s.destroyApp)
 	mux.HandleFunc("POST /v1/apps/{app}/deploys", s.deploy)
 	mux.HandleFunc("GET /v1/apps/{app}/releases", s.releases)
+	mux.HandleFunc("GET /v1/apps/{app}/releases/{version}/image", s.exportImage)
 	mux.HandleFunc("POST /v1/apps/{app}/rollback", s.rollback)
 	mux.HandleFunc("POST /v1/apps/{app}/scale", s.scale)
 	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.listSecrets)
