@@ -1,6 +1,7 @@
-// Package api is pier's HTTP/JSON API under /v1/. Every route requires the
-// bearer token; errors are {"error": "..."} with a status mapped from the
-// error's kind in one place (statusOf).
+// Package api is pier's HTTP/JSON API under /v1/ (and, when set, the
+// image registry under /v2/). Every /v1/ route requires the bearer token;
+// errors are {"error": "..."} with a status mapped from the error's kind in
+// one place (statusOf).
 package api
 
 import (
@@ -33,6 +34,10 @@ type Server struct {
 	Machines *machines.Manager
 	// Certs keeps custom domains and their certificates.
 	Certs *certs.Manager
+	// Registry, if set, serves /v2/ (the OCI distribution API) with its
+	// own authentication, which also accepts the token as a Basic
+	// password, as registry clients send it.
+	Registry http.Handler
 }
 
 // Handler returns the API's routes behind authentication.
@@ -45,6 +50,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/apps/{app}", s.destroyApp)
 	mux.HandleFunc("POST /v1/apps/{app}/deploys", s.deploy)
 	mux.HandleFunc("GET /v1/apps/{app}/releases", s.releases)
+	mux.HandleFunc("GET /v1/apps/{app}/releases/{version}/image", s.exportImage)
 	mux.HandleFunc("POST /v1/apps/{app}/rollback", s.rollback)
 	mux.HandleFunc("POST /v1/apps/{app}/scale", s.scale)
 	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.listSecrets)
@@ -66,7 +72,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, pier.Errorf(pier.NotFound, "no API route %s %s (see `pier help`)", r.Method, r.URL.Path), s.Log)
 	})
-	return auth.Middleware(s.Token, mux)
+	api := auth.Middleware(s.Token, mux)
+	if s.Registry == nil {
+		return api
+	}
+	root := http.NewServeMux()
+	root.Handle("/v2/", s.Registry)
+	root.Handle("/", api)
+	return root
 }
 
 // statusOf is the one place error kinds become HTTP statuses.

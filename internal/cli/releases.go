@@ -41,5 +41,6 @@ func (e *env) releasesCmd() *cobra.Command {
 	}
 	e.addAppFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(e.releasesExportCmd())
 	return cmd
 }

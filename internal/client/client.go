@@ -147,6 +147,23 @@ func (c *Client) Releases(ctx context.Context, app string) ([]pier.Release, erro
 	return out, c.call(ctx, "GET", appPath(app, "/releases"), nil, &out)
 }
 
+// ExportImage writes the image of app's release version (vN, N or
+// "current") to w as a tarball of format ("docker" or "oci") and returns
+// its size. An export cut off midway is an error, never a short success.
+func (c *Client) ExportImage(ctx context.Context, app, version, format string, w io.Writer) (int64, error) {
+	q := url.Values{"format": {format}}
+	resp, err := c.do(ctx, "GET", appPath(app, "/releases/"+url.PathEscape(version)+"/image?"+q.Encode()), nil, "")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("the export of %s %s broke off after %d bytes: %w", app, version, n, err)
+	}
+	return n, nil
+}
+
 // Scale sets an app's machine count.
 func (c *Client) Scale(ctx context.Context, app string, n int) (control.AppStatus, error) {
 	var out control.AppStatus

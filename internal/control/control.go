@@ -16,6 +16,7 @@ import (
 
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/identity"
+	"github.com/pier-dev/pier/internal/imagestore"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/pier"
@@ -65,6 +66,10 @@ type Plane struct {
 	// CA issues the mesh identities; Metrics holds the golden metrics.
 	CA      *identity.Authority
 	Metrics *metrics.Registry
+	// Images holds the releases' OCI images: release vN of app web is
+	// web:vN, the current one also web:latest. Nil in tests that build
+	// no images.
+	Images *imagestore.Store
 
 	mu     sync.Mutex
 	busy   map[string]string // app -> operation under way

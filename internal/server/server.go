@@ -25,10 +25,12 @@ import (
 	"github.com/pier-dev/pier/internal/certs"
 	"github.com/pier-dev/pier/internal/control"
 	"github.com/pier-dev/pier/internal/image"
+	"github.com/pier-dev/pier/internal/imagestore"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/proxy"
+	"github.com/pier-dev/pier/internal/registry"
 	"github.com/pier-dev/pier/internal/runtime/process"
 	"github.com/pier-dev/pier/internal/secrets"
 	"github.com/pier-dev/pier/internal/store"
@@ -227,6 +229,12 @@ func Run(ctx context.Context, c Config) error {
 		plane.Mesh, plane.ServiceSubnet = mp.mesh, mp.subnet
 	}
 	hostPorts = plane.HostPorts
+	// Release images, served read-only to registry clients under /v2/.
+	if plane.Images, err = imagestore.Open(filepath.Join(c.DataDir, "images", "oci")); err != nil {
+		return err
+	}
+	imageRegistry := registry.New(plane.Images, token)
+	imageRegistry.Log = log.With("component", "registry")
 
 	apiLn, err := net.Listen("tcp", c.APIAddr)
 	if err != nil {
@@ -305,7 +313,7 @@ func Run(ctx context.Context, c Config) error {
 		}
 	}
 	apiSrv := &http.Server{
-		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Certs: certMgr}).Handler(),
+		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Certs: certMgr, Registry: imageRegistry}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// Requests see the server's context, so long streams (logs -f) end
