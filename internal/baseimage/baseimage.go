@@ -40,6 +40,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pier-dev/pier/internal/pier"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 )
@@ -340,7 +342,7 @@ func (b *Bases) build(ctx context.Context, root string, db *dpkgDB, canonical, f
 	}
 	el := time.Since(start)
 	fmt.Fprintf(progress, "done: %s (%d files, layer %s) in %.1fs\n",
-		humanBytes(w.Unpacked), w.Files, humanBytes(w.Size), el.Seconds())
+		pier.Bytes(w.Unpacked), w.Files, pier.Bytes(w.Size), el.Seconds())
 	b.log().Info("base image assembled", "base", canonical, "id", id, "packages", len(pkgs),
 		"files", w.Files, "unpacked", w.Unpacked, "layer", w.Size, "took", el.Round(time.Millisecond), "left out", c.skipped)
 	return m, nil

@@ -26,6 +26,14 @@ type Builder struct {
 	// machine. Without it steps run on the host as pier's own user: only
 	// for servers that cannot isolate (not root, or no runc).
 	Sandbox *Sandbox
+	// Images, when set, makes each build into a release image.
+	Images *Imager
+}
+
+// Result is a finished build.
+type Result struct {
+	ID    string
+	Image pier.ReleaseImage // zero without Builder.Images
 }
 
 // Isolated reports whether build steps run in build machines.
@@ -42,22 +50,31 @@ func NewBuildID() string {
 func (b *Builder) Path(app, id string) string { return filepath.Join(b.Dir, app, id) }
 
 // Build moves the source tree src into a new build directory, runs the plan's
-// steps there with their output going to out, and returns the build id. On
-// failure nothing is left behind.
-func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.Writer) (string, error) {
+// steps there with their output going to out, makes the release image, and
+// returns the build. On failure nothing is left behind.
+func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.Writer) (Result, error) {
 	id := NewBuildID()
+	img, err := b.build(ctx, app, id, src, plan, out)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{ID: id, Image: img}, nil
+}
+
+func (b *Builder) build(ctx context.Context, app, id, src string, plan Plan, out io.Writer) (pier.ReleaseImage, error) {
+	var img pier.ReleaseImage
 	final := b.Path(app, id)
 	work := final + ".tmp"
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
-		return "", err
+		return img, err
 	}
 	if err := os.Rename(src, work); err != nil {
-		return "", fmt.Errorf("stage build: %w", err)
+		return img, fmt.Errorf("stage build: %w", err)
 	}
 	// Uploads are unpacked into a private temp dir; the release must be
 	// readable by the unprivileged user isolated machines run as.
 	if err := os.Chmod(work, 0o755); err != nil {
-		return "", fmt.Errorf("stage build: %w", err)
+		return img, fmt.Errorf("stage build: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -67,10 +84,10 @@ func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.
 	}()
 	if b.Sandbox != nil {
 		if err := handOver(work); err != nil {
-			return "", fmt.Errorf("stage build: %w", err)
+			return img, fmt.Errorf("stage build: %w", err)
 		}
 	} else if plan.NoNetwork && len(plan.Steps) > 0 {
-		return "", pier.Errorf(pier.Invalid, "pier.toml: [build] network = \"none\" needs isolated builds: run `pier server` as root with runc installed")
+		return img, pier.Errorf(pier.Invalid, "pier.toml: [build] network = \"none\" needs isolated builds: run `pier server` as root with runc installed")
 	}
 	for i, step := range plan.Steps {
 		fmt.Fprintf(out, "$ %s\n", step)
@@ -83,22 +100,28 @@ func (b *Builder) Build(ctx context.Context, app, src string, plan Plan, out io.
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return "", fmt.Errorf("build step `%s` stopped: %w", step, context.Cause(ctx))
+				return img, fmt.Errorf("build step `%s` stopped: %w", step, context.Cause(ctx))
 			}
-			return "", &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("build step `%s` failed", step), Err: err}
+			return img, &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("build step `%s` failed", step), Err: err}
 		}
 		fmt.Fprintf(out, "  done in %s\n", time.Since(start).Round(10*time.Millisecond))
 	}
 	if b.Sandbox != nil {
 		if err := takeBack(work); err != nil {
-			return "", fmt.Errorf("finish build: %w", err)
+			return img, fmt.Errorf("finish build: %w", err)
+		}
+	}
+	if b.Images != nil {
+		var err error
+		if img, err = b.Images.Make(ctx, app, id, work, plan, out); err != nil {
+			return img, &pier.Error{Kind: pier.Failed, Msg: "making the release image failed", Err: err}
 		}
 	}
 	if err := os.Rename(work, final); err != nil {
-		return "", fmt.Errorf("finish build: %w", err)
+		return img, fmt.Errorf("finish build: %w", err)
 	}
 	ok = true
-	return id, nil
+	return img, nil
 }
 
 // runOnHost runs a step as a host process in its own process group.

@@ -163,7 +163,8 @@ func TestBuildFailureLeavesNothingAndSuccessIsStored(t *testing.T) {
 
 	src = writeTree(t, map[string]string{"f": "x"})
 	var out bytes.Buffer
-	id, err := b.Build(context.Background(), "web", src, Plan{Steps: []string{"echo built > out.txt", "echo step two"}}, &out)
+	res, err := b.Build(context.Background(), "web", src, Plan{Steps: []string{"echo built > out.txt", "echo step two"}}, &out)
+	id := res.ID
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/pier-dev/pier/internal/pier"
+
+	"github.com/spf13/cobra"
+
 	"github.com/pier-dev/pier/internal/appconfig"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/client"
-	"github.com/spf13/cobra"
 )
 
 func (e *env) deployCmd() *cobra.Command {
@@ -55,7 +58,7 @@ func (e *env) deployDir(ctx context.Context, c *client.Client, app, dir string) 
 	if err := build.Pack(dir, &src); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "==> Uploading %s (%s compressed)\n", dir, humanBytes(src.Len()))
+	fmt.Fprintf(e.stdout, "==> Uploading %s (%s compressed)\n", dir, pier.Bytes(int64(src.Len())))
 	rel, err := c.Deploy(ctx, app, &src, e.stdout)
 	if err != nil {
 		return fmt.Errorf("deploy of %s failed: %w", app, err)
@@ -66,14 +69,4 @@ func (e *env) deployDir(ctx context.Context, c *client.Client, app, dir string) 
 	}
 	fmt.Fprintf(e.stdout, "\n%s v%d is live at %s\n", app, rel.Version, st.URL)
 	return nil
-}
-
-func humanBytes(n int) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/pier-dev/pier/internal/pier"
+
 	"github.com/spf13/cobra"
 )
 
@@ -82,7 +84,7 @@ Releases built before pier kept images have none: deploy again to make one.`,
 			}
 			done = true
 			what := map[string]string{"docker": "docker-archive", "oci": "oci-archive"}[format]
-			fmt.Fprintf(e.stderr, "wrote the %s release of %s to %s (%s, %s)\n", version, app, output, what, humanBytes(int(n)))
+			fmt.Fprintf(e.stderr, "wrote the %s release of %s to %s (%s, %s)\n", version, app, output, what, pier.Bytes(n))
 			return nil
 		},
 	}

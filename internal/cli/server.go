@@ -70,6 +70,8 @@ keys live in <data-dir>/certs.`,
 	f.IntVar(&c.MeshPort, "mesh-port", 15001, "port on the machines' gateway where the mesh takes app-to-app calls (runc runtime)")
 	f.StringVar(&c.TrustDomain, "trust-domain", "pier.internal", "SPIFFE trust domain of the mesh identities (spiffe://<trust-domain>/app/<app>); fixed when the mesh CA is created")
 	f.DurationVar(&c.MeshCertTTL, "mesh-cert-ttl", 24*time.Hour, "lifetime of the mesh's app certificates (at least 1m); they are renewed at half-life")
+	f.StringVar(&c.BaseCache, "base-cache", "", "where base images assembled from the host's Debian packages are kept (default: <data-dir>/images/bases); servers you trust may share one")
+	f.IntVar(&c.KeepReleases, "keep-releases", 10, "how many releases per app keep their build and image; older ones are collected (the current one always stays)")
 	f.DurationVar(&c.MachineIdleTimeout, "machine-idle-timeout", 5*time.Minute, "how long an app without traffic keeps machines whose service has autostop")
 	f.StringVar(&c.HTTPSAddr, "https-addr", "", "address of the edge's HTTPS listener (default: none, HTTP only)")
 	f.StringVar(&c.ACMECA, "acme-ca", certs.DefaultACMECA, "ACME directory URL that issues custom domains' certificates")

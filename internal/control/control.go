@@ -70,6 +70,10 @@ type Plane struct {
 	// web:vN, the current one also web:latest. Nil in tests that build
 	// no images.
 	Images *imagestore.Store
+	// KeepReleases is how many of an app's newest releases keep their
+	// build and image (0: DefaultKeepReleases); the current one always
+	// does. Older builds and images are collected after each deploy.
+	KeepReleases int
 
 	mu     sync.Mutex
 	busy   map[string]string // app -> operation under way
@@ -272,6 +276,13 @@ func (p *Plane) DestroyApp(ctx context.Context, name string) error {
 	p.Logs.Remove(name)
 	if err := p.Builder.Remove(name); err != nil {
 		p.Log.Warn("remove builds", "app", name, "err", err)
+	}
+	if p.Images != nil {
+		if err := p.Images.RemoveRepo(ctx, name); err != nil {
+			p.Log.Warn("remove images", "app", name, "err", err)
+		} else if _, _, err := p.Images.GC(ctx); err != nil {
+			p.Log.Warn("collect images", "err", err)
+		}
 	}
 	p.Log.Info("app destroyed", "app", name)
 	return nil

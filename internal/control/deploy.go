@@ -95,15 +95,15 @@ func (p *Plane) Deploy(ctx context.Context, u *Upload, out io.Writer) (pier.Rele
 	begin := time.Now()
 	buildLog := p.Logs.Writer(u.App, "build", "stdout")
 	bctx, cancel := context.WithTimeoutCause(ctx, BuildTimeout, pier.Errorf(pier.Failed, "build took longer than %s", BuildTimeout))
-	id, err := p.Builder.Build(bctx, u.App, u.Dir, u.Plan, io.MultiWriter(out, buildLog))
+	res, err := p.Builder.Build(bctx, u.App, u.Dir, u.Plan, io.MultiWriter(out, buildLog))
 	cancel()
 	buildLog.Flush()
 	if err != nil {
 		p.event(ctx, u.App, "build.failed", "build failed: %v", err)
 		return pier.Release{}, err
 	}
-	fmt.Fprintf(out, "==> Built in %s (build %s)\n", time.Since(begin).Round(10*time.Millisecond), id)
-	rel := pier.Release{App: u.App, BuildID: id, Builder: u.Plan.Builder, Start: u.Plan.Start, Config: u.Config.RunConfig(),
+	fmt.Fprintf(out, "==> Built in %s (build %s)\n", time.Since(begin).Round(10*time.Millisecond), res.ID)
+	rel := pier.Release{App: u.App, BuildID: res.ID, Image: res.Image, Builder: u.Plan.Builder, Start: u.Plan.Start, Config: u.Config.RunConfig(),
 		Status: pier.ReleasePending, Description: "deploy", CreatedAt: time.Now().UTC()}
 	// The connections pier.toml declares and the app lacks are made now,
 	// under the app's lock, and undone if the release fails.
@@ -147,6 +147,9 @@ func (p *Plane) rollout(ctx context.Context, rel pier.Release, out io.Writer) (p
 	if err != nil {
 		return rel, err
 	}
+	if err := p.tagRelease(ctx, rel, fmt.Sprintf("v%d", rel.Version)); err != nil {
+		return rel, err
+	}
 	env, err := p.env(ctx, rel)
 	if err != nil {
 		return rel, err
@@ -170,6 +173,10 @@ func (p *Plane) rollout(ctx context.Context, rel pier.Release, out io.Writer) (p
 	if p.Mesh != nil {
 		p.Mesh.SetRoutes(rel.App, rel.Config.Routes)
 	}
+	if err := p.tagRelease(ctx, rel, "latest"); err != nil {
+		p.Log.Warn("tag the live release", "app", rel.App, "err", err)
+	}
+	p.collect(ctx, rel.App)
 	p.event(ctx, rel.App, "deploy", "v%d deployed (%s) in %s", rel.Version, rel.Description, time.Since(begin).Round(time.Millisecond))
 	fmt.Fprintf(out, "==> v%d is live (%s)\n", rel.Version, time.Since(begin).Round(time.Millisecond))
 	return rel, nil

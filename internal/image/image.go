@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pier-dev/pier/internal/pier"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -212,7 +214,7 @@ func (s *Store) materialize(ctx context.Context, ref string, r *resolved, progre
 	for _, l := range r.layers {
 		total += max(l.size, 0)
 	}
-	fmt.Fprintf(progress, "image %s: %d layers, %s\n", img.Digest, len(r.layers), humanBytes(total))
+	fmt.Fprintf(progress, "image %s: %d layers, %s\n", img.Digest, len(r.layers), pier.Bytes(total))
 	if err := s.writeBlobs(root, r.blobs); err != nil {
 		return Image{}, err
 	}
@@ -235,7 +237,7 @@ func (s *Store) materialize(ctx context.Context, ref string, r *resolved, progre
 
 	u := newUnpacker(tmp, s.maxSize())
 	for i, l := range r.layers {
-		fmt.Fprintf(progress, "unpacking layer %d/%d (%s)\n", i+1, len(r.layers), humanBytes(l.size))
+		fmt.Fprintf(progress, "unpacking layer %d/%d (%s)\n", i+1, len(r.layers), pier.Bytes(l.size))
 		if err := u.applyLayer(ctx, l); err != nil {
 			return Image{}, fmt.Errorf("layer %d/%d %s: %w", i+1, len(r.layers), l.name(), err)
 		}
@@ -260,7 +262,7 @@ func (s *Store) materialize(ctx context.Context, ref string, r *resolved, progre
 		}
 	}
 	d := time.Since(start).Round(time.Millisecond)
-	fmt.Fprintf(progress, "unpacked %s in %s (%s)\n", img.Digest, d, humanBytes(u.size))
+	fmt.Fprintf(progress, "unpacked %s in %s (%s)\n", img.Digest, d, pier.Bytes(u.size))
 	s.log().Info("image unpacked", "ref", ref, "digest", img.Digest, "bytes", u.size, "duration", d)
 	return img, nil
 }
@@ -335,17 +337,4 @@ func (s *Store) isActive(name string) bool {
 func isDir(p string) bool {
 	fi, err := os.Lstat(p)
 	return err == nil && fi.IsDir()
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", max(n, 0))
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/pier"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -285,7 +287,7 @@ func readVerified(r io.Reader, d v1.Hash, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("read blob %s: %w", d, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("blob %s is larger than %s: %w", d, humanBytes(limit), ErrInvalid)
+		return nil, fmt.Errorf("blob %s is larger than %s: %w", d, pier.Bytes(limit), ErrInvalid)
 	}
 	got, _, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil {
@@ -453,7 +455,7 @@ func readLimited(fsys fs.FS, name string, limit int64) ([]byte, error) {
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err == nil && int64(len(b)) > limit {
-		err = fmt.Errorf("%s is larger than %s: %w", name, humanBytes(limit), ErrInvalid)
+		err = fmt.Errorf("%s is larger than %s: %w", name, pier.Bytes(limit), ErrInvalid)
 	}
 	return b, err
 }

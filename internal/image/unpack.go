@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pier-dev/pier/internal/pier"
+
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
@@ -140,7 +142,7 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.u.size += int64(n)
 	if l.u.size > l.u.limit {
-		return n, fmt.Errorf("the image unpacks to more than %s, the limit (Store.MaxSize): use a smaller image or raise the limit: %w", humanBytes(l.u.limit), ErrTooLarge)
+		return n, fmt.Errorf("the image unpacks to more than %s, the limit (Store.MaxSize): use a smaller image or raise the limit: %w", pier.Bytes(l.u.limit), ErrTooLarge)
 	}
 	return n, err
 }

@@ -21,8 +21,10 @@ import (
 
 // Image is an image resolved to a root filesystem.
 type Image struct {
-	Ref, Digest, Rootfs string
-	Entrypoint, Cmd     []string
+	Ref, Digest string
+	// Rootfs are the image's read-only layer directories, topmost first.
+	Rootfs          []string
+	Entrypoint, Cmd []string
 	Env                 []string
 	WorkDir, User       string
 	// Mounts are host paths the image needs bound in (an app release's
@@ -304,7 +306,7 @@ func (mg *Manager) spec(m Machine, img Image) (runtime.Spec, error) {
 	if len(m.Config.Services) > 0 {
 		port = m.Config.Services[0].InternalPort
 	}
-	return runtime.Spec{ID: m.ID, App: m.App, Command: cmd, Env: env, Rootfs: []string{img.Rootfs}, Mounts: img.Mounts, Files: files,
+	return runtime.Spec{ID: m.ID, App: m.App, Command: cmd, Env: env, Rootfs: img.Rootfs, Mounts: img.Mounts, Files: files,
 		WorkDir: img.WorkDir, User: img.User, Port: port,
 		Resources: runtime.Resources{CPUs: float64(m.Config.Guest.CPUs), MemoryMB: m.Config.Guest.MemoryMB, Pids: 1024}}, nil
 }

@@ -108,7 +108,7 @@ func (fakeImages) Resolve(ctx context.Context, ref string) (Image, error) {
 	if ref == "missing" {
 		return Image{}, pier.Errorf(pier.Invalid, "image %q not found", ref)
 	}
-	return Image{Ref: ref, Digest: "sha256:abc", Rootfs: "/rootfs/abc", Cmd: []string{"run"}, Env: []string{"IMG=1"}, WorkDir: "/w"}, nil
+	return Image{Ref: ref, Digest: "sha256:abc", Rootfs: []string{"/rootfs/abc"}, Cmd: []string{"run"}, Env: []string{"IMG=1"}, WorkDir: "/w"}, nil
 }
 
 type memStore struct {

@@ -29,6 +29,19 @@ type Release struct {
 	Status      string    `json:"status"` // see Release* constants
 	Description string    `json:"description"`
 	CreatedAt   time.Time `json:"created_at"`
+	// Image is the release's OCI image; zero for releases built before
+	// pier made images, or on a server that runs apps as host processes.
+	Image ReleaseImage `json:"image,omitzero"`
+}
+
+// ReleaseImage is what a release records of its image.
+type ReleaseImage struct {
+	Digest string `json:"digest,omitempty"` // manifest digest, sha256:...
+	Size   int64  `json:"size,omitempty"`   // compressed bytes of its layers
+	// Lowers are the ids of the read-only layer directories pier keeps
+	// for it besides the app itself (its base, pier's file server),
+	// topmost first.
+	Lowers []string `json:"lowers,omitempty"`
 }
 
 // Release statuses.

@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/runtime"
 	"github.com/pier-dev/pier/internal/runtime/runc"
 	"github.com/pier-dev/pier/internal/store"
 	"github.com/pier-dev/pier/internal/supervisor"
@@ -44,6 +46,7 @@ type images struct {
 	store    *image.Store
 	releases *store.Store
 	hostfs   *supervisor.HostFS // nil without an isolating runtime
+	lowers   supervisor.Lowers  // nil without release images
 	artifact func(app, buildID string) string
 }
 
@@ -63,7 +66,7 @@ func (i images) Resolve(ctx context.Context, ref string) (machines.Image, error)
 		return machines.Image{}, err
 	}
 	c := img.Config
-	return machines.Image{Ref: img.Ref, Digest: img.Digest, Rootfs: img.Rootfs, Entrypoint: c.Entrypoint, Cmd: c.Cmd,
+	return machines.Image{Ref: img.Ref, Digest: img.Digest, Rootfs: []string{img.Rootfs}, Entrypoint: c.Entrypoint, Cmd: c.Cmd,
 		Env: c.Env, WorkDir: c.WorkingDir, User: c.User}, nil
 }
 
@@ -97,11 +100,28 @@ func (i images) release(ctx context.Context, ref, rest string) (machines.Image, 
 	if err != nil {
 		return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
 	}
-	static := rel.Builder == "static" && rel.Start == ""
-	rootfs, mounts, cmd, env, workdir, user := i.hostfs.ReleaseImage(i.artifact(app, rel.BuildID), rel.Start, static)
+	var env []string
 	for k, val := range rel.Config.Env {
 		env = append(env, k+"="+val)
 	}
-	return machines.Image{Ref: ref, Digest: fmt.Sprintf("release:%s:v%d:%s", app, v, rel.BuildID), Rootfs: rootfs, Mounts: mounts,
+	if rel.Image.Digest != "" && i.lowers != nil {
+		// The release's own image: its layers, the build at /app.
+		var rootfs []string
+		for _, id := range rel.Image.Lowers {
+			dir, err := i.lowers.Lower(id)
+			if err != nil {
+				return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
+			}
+			rootfs = append(rootfs, dir)
+		}
+		return machines.Image{Ref: ref, Digest: rel.Image.Digest, Rootfs: rootfs,
+			Mounts: []runtime.Mount{{Source: i.artifact(app, rel.BuildID), Target: build.AppDir, ReadOnly: true}},
+			Cmd:    build.Command(rel.Builder, rel.Start), Env: append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp"}, env...),
+			WorkDir: build.AppDir, User: build.AppUser}, nil
+	}
+	static := rel.Builder == "static" && rel.Start == ""
+	rootfs, mounts, cmd, baseEnv, workdir, user := i.hostfs.ReleaseImage(i.artifact(app, rel.BuildID), rel.Start, static)
+	env = append(baseEnv, env...)
+	return machines.Image{Ref: ref, Digest: fmt.Sprintf("release:%s:v%d:%s", app, v, rel.BuildID), Rootfs: []string{rootfs}, Mounts: mounts,
 		Cmd: cmd, Env: env, WorkDir: workdir, User: user}, nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pier-dev/pier/internal/api"
 	"github.com/pier-dev/pier/internal/auth"
+	"github.com/pier-dev/pier/internal/baseimage"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/certs"
 	"github.com/pier-dev/pier/internal/control"
@@ -60,6 +61,12 @@ type Config struct {
 	MeshPort      int
 	TrustDomain   string
 	MeshCertTTL   time.Duration
+	// BaseCache holds the base images assembled from the host's packages
+	// (default <DataDir>/images/bases).
+	BaseCache string
+	// KeepReleases is how many releases per app keep their builds and
+	// images (default 10).
+	KeepReleases int
 	// MachineIdleTimeout is how long an app without traffic keeps API
 	// machines whose service autostops (0: the default, 5m).
 	MachineIdleTimeout time.Duration
@@ -170,6 +177,11 @@ func Run(ctx context.Context, c Config) error {
 	if mp.mesh != nil {
 		supCfg.Router, supCfg.Mesh = routers{edge, mp.mesh}, mp.mesh
 	}
+	// Release images, served read-only to registry clients under /v2/.
+	releaseImages, err := imagestore.Open(filepath.Join(c.DataDir, "images", "oci"))
+	if err != nil {
+		return err
+	}
 	var cleaner control.Cleaner
 	if isolated != nil {
 		hostfs, err := supervisor.NewHostFS(filepath.Join(c.DataDir, "hostfs"), self)
@@ -182,6 +194,13 @@ func Run(ctx context.Context, c Config) error {
 		supCfg.Driver, supCfg.HostFS, cleaner = isolated, hostfs, isolated
 		// Build steps are untrusted code: they run in build machines.
 		builder.Sandbox = &build.Sandbox{Machines: isolated, Root: hostfs.FS, CacheDir: filepath.Join(c.DataDir, "cache")}
+		// Builds become self-contained OCI images, which machines run on.
+		if c.BaseCache == "" {
+			c.BaseCache = filepath.Join(c.DataDir, "images", "bases")
+		}
+		builder.Images = &build.Imager{Bases: baseimage.New(c.BaseCache, log.With("component", "bases")), Store: releaseImages,
+			Self: self, Dir: filepath.Join(c.DataDir, "images", "layers")}
+		supCfg.Lowers = builder.Images
 	} else {
 		log.Warn("builds run on the host as this server's user, without isolation: run pier server as root with runc installed (--runtime runc) to build in isolated build machines")
 		pd := process.New()
@@ -192,7 +211,7 @@ func Run(ctx context.Context, c Config) error {
 	supCfg.HostPorts = func(app string) []int { return hostPorts(app) }
 	sup := supervisor.New(supCfg)
 	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")},
-		releases: st, hostfs: supCfg.HostFS, artifact: supCfg.Artifact}
+		releases: st, hostfs: supCfg.HostFS, lowers: supCfg.Lowers, artifact: supCfg.Artifact}
 	var machDriver machines.Driver // a nil interface (not a nil *runc.Driver) without runc
 	if isolated != nil {
 		machDriver = isolated
@@ -229,10 +248,7 @@ func Run(ctx context.Context, c Config) error {
 		plane.Mesh, plane.ServiceSubnet = mp.mesh, mp.subnet
 	}
 	hostPorts = plane.HostPorts
-	// Release images, served read-only to registry clients under /v2/.
-	if plane.Images, err = imagestore.Open(filepath.Join(c.DataDir, "images", "oci")); err != nil {
-		return err
-	}
+	plane.Images, plane.KeepReleases = releaseImages, c.KeepReleases
 	imageRegistry := registry.New(plane.Images, token)
 	imageRegistry.Log = log.With("component", "registry")
 

@@ -166,8 +166,12 @@ func (s *Store) CreateRelease(ctx context.Context, r pier.Release) (pier.Release
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app = ?`, r.App).Scan(&r.Version); err != nil {
 		return r, fmt.Errorf("next release of %s: %w", r.App, err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO releases(app, version, build_id, builder, start, config, status, description, created_at) VALUES (?,?,?,?,?,?,?,?,?)`,
-		r.App, r.Version, r.BuildID, r.Builder, r.Start, string(cfg), r.Status, r.Description, ts(r.CreatedAt)); err != nil {
+	lowers, err := json.Marshal(r.Image.Lowers)
+	if err != nil {
+		return r, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO releases(app, version, build_id, builder, start, config, status, description, created_at, image_digest, image_size, image_lowers) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+		r.App, r.Version, r.BuildID, r.Builder, r.Start, string(cfg), r.Status, r.Description, ts(r.CreatedAt), r.Image.Digest, r.Image.Size, string(lowers)); err != nil {
 		return r, fmt.Errorf("create release of %s: %w", r.App, err)
 	}
 	return r, tx.Commit()
@@ -191,7 +195,7 @@ func (s *Store) Releases(ctx context.Context, app string) ([]pier.Release, error
 }
 
 func (s *Store) releases(ctx context.Context, where string, args ...any) ([]pier.Release, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT app, version, build_id, builder, start, config, status, description, created_at FROM releases `+where, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT app, version, build_id, builder, start, config, status, description, created_at, image_digest, image_size, image_lowers FROM releases `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read releases: %w", err)
 	}
@@ -199,9 +203,12 @@ func (s *Store) releases(ctx context.Context, where string, args ...any) ([]pier
 	var out []pier.Release
 	for rows.Next() {
 		var r pier.Release
-		var cfg, created string
-		if err := rows.Scan(&r.App, &r.Version, &r.BuildID, &r.Builder, &r.Start, &cfg, &r.Status, &r.Description, &created); err != nil {
+		var cfg, created, lowers string
+		if err := rows.Scan(&r.App, &r.Version, &r.BuildID, &r.Builder, &r.Start, &cfg, &r.Status, &r.Description, &created, &r.Image.Digest, &r.Image.Size, &lowers); err != nil {
 			return nil, err
+		}
+		if err := json.Unmarshal([]byte(lowers), &r.Image.Lowers); err != nil {
+			return nil, fmt.Errorf("release %s v%d image: %w", r.App, r.Version, err)
 		}
 		if err := json.Unmarshal([]byte(cfg), &r.Config); err != nil {
 			return nil, fmt.Errorf("release %s v%d config: %w", r.App, r.Version, err)

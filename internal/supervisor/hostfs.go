@@ -1,9 +1,12 @@
 package supervisor
 
 import (
+	"fmt"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/hostfs"
+	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/runtime"
 )
 
@@ -22,6 +25,44 @@ func NewHostFS(dir, self string) (*HostFS, error) {
 		return nil, err
 	}
 	return &HostFS{FS: fs, Self: self}, nil
+}
+
+// Lowers finds the host directory of a release image's layer by its id
+// (build.Imager).
+type Lowers interface {
+	Lower(id string) (string, error)
+}
+
+// isolateImage turns the spec of a release machine into one that runs the
+// release's image: its pier-kept layers (base, file server) as the root,
+// the app layer (the build) read-only at /app, as the image's user.
+func isolateImage(spec runtime.Spec, rel pier.Release, lowers Lowers) (runtime.Spec, error) {
+	spec.Rootfs = nil
+	for _, id := range rel.Image.Lowers {
+		dir, err := lowers.Lower(id)
+		if err != nil {
+			return spec, err
+		}
+		spec.Rootfs = append(spec.Rootfs, dir)
+	}
+	if len(spec.Rootfs) == 0 {
+		return spec, fmt.Errorf("release v%d: its image records no layers", rel.Version)
+	}
+	spec.Mounts = []runtime.Mount{{Source: spec.Dir, Target: build.AppDir, ReadOnly: true}}
+	spec.Command = build.Command(rel.Builder, rel.Start)
+	spec.WorkDir = build.AppDir
+	spec.User = build.AppUser
+	spec.DenyOutbound = rel.Config.DenyOutbound
+	spec.Port = build.AppPort
+	env := make([]string, 0, len(spec.Env)+2)
+	for _, kv := range spec.Env {
+		if strings.HasPrefix(kv, "PATH=") || strings.HasPrefix(kv, "HOME=") || strings.HasPrefix(kv, "TMPDIR=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	spec.Env = append(env, machinePath, "HOME=/tmp")
+	return spec, nil
 }
 
 // machinePath is a PATH for app machines: the host's system directories,

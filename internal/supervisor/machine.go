@@ -89,8 +89,13 @@ func (m *machine) run(env []string) {
 		out := m.s.logs.Writer(m.app, m.id, "stdout")
 		errw := m.s.logs.Writer(m.app, m.id, "stderr")
 		spec := runtime.Spec{ID: m.id, App: m.app, Dir: m.s.artifact(m.app, m.rel.BuildID), Command: m.command(), Env: env, Stdout: out, Stderr: errw}
+		var specErr error
 		if m.s.hostfs != nil {
-			spec = m.s.hostfs.isolate(spec, m.rel.Builder == "static" && m.rel.Start == "", m.rel.Config.DenyOutbound)
+			if m.rel.Image.Digest != "" && m.s.lowers != nil {
+				spec, specErr = isolateImage(spec, m.rel, m.s.lowers)
+			} else {
+				spec = m.s.hostfs.isolate(spec, m.rel.Builder == "static" && m.rel.Start == "", m.rel.Config.DenyOutbound)
+			}
 			if m.s.ports != nil {
 				spec.HostPorts = m.s.ports(m.app)
 			}
@@ -98,7 +103,11 @@ func (m *machine) run(env []string) {
 				spec.Hosts = m.s.mesh.Hosts()
 			}
 		}
-		proc, err := m.s.driver.Start(context.Background(), spec)
+		var proc runtime.Process
+		err := specErr
+		if err == nil {
+			proc, err = m.s.driver.Start(context.Background(), spec)
+		}
 		var exit runtime.Exit
 		var up time.Duration
 		if err != nil {

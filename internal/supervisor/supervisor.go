@@ -54,6 +54,10 @@ type Config struct {
 	// HostFS, when set, runs releases in isolated machines (the driver is
 	// then an isolating one) with this root filesystem.
 	HostFS *HostFS
+	// Lowers, when set, finds the layer directories of release images:
+	// releases that have an image run on its layers alone, nothing of the
+	// host's filesystem (HostFS is for releases made before images).
+	Lowers Lowers
 	// HostPorts, when set, names the ports on pier's host that an app's
 	// isolated machines may reach (its connected resources), asked as each
 	// machine starts.
@@ -82,6 +86,7 @@ type Supervisor struct {
 	self     string
 	grace    time.Duration
 	hostfs   *HostFS
+	lowers   Lowers
 	ports    func(app string) []int
 	mesh     Mesh
 
@@ -95,7 +100,7 @@ func New(c Config) *Supervisor {
 		c.StopGrace = 10 * time.Second
 	}
 	return &Supervisor{driver: c.Driver, router: c.Router, rec: c.Recorder, logs: c.Logs, log: c.Log,
-		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, ports: c.HostPorts, mesh: c.Mesh, machines: map[string]*machine{}}
+		artifact: c.Artifact, self: c.Self, grace: c.StopGrace, hostfs: c.HostFS, lowers: c.Lowers, ports: c.HostPorts, mesh: c.Mesh, machines: map[string]*machine{}}
 }
 
 func (s *Supervisor) event(app, typ, msg string) {

@@ -1,0 +1,5 @@
+package build
+
+import "syscall"
+
+const noFollow = syscall.O_NOFOLLOW

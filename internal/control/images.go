@@ -1,0 +1,98 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/pier-dev/pier/internal/imagestore"
+	"github.com/pier-dev/pier/internal/pier"
+)
+
+// DefaultKeepReleases is Plane.KeepReleases when unset.
+const DefaultKeepReleases = 10
+
+// tagRelease names rel's image web:vN (and, once it is live, web:latest),
+// so registry clients and export find it by version.
+func (p *Plane) tagRelease(ctx context.Context, rel pier.Release, tags ...string) error {
+	if p.Images == nil || rel.Image.Digest == "" {
+		return nil
+	}
+	img, err := p.Images.Image(ctx, rel.App, rel.Image.Digest)
+	if err != nil {
+		return fmt.Errorf("image of %s v%d: %w", rel.App, rel.Version, err)
+	}
+	for _, tag := range tags {
+		if _, err := p.Images.Put(ctx, rel.App, tag, img); err != nil {
+			return fmt.Errorf("tag %s:%s: %w", rel.App, tag, err)
+		}
+	}
+	return nil
+}
+
+// collect removes the builds and images of an app's releases beyond the
+// newest KeepReleases (never the current one's, nor a build a kept release
+// shares), then the image blobs nothing names any more. Release records
+// stay: they are the app's history. Failures are logged, not returned: a
+// deploy that went live is not undone by housekeeping.
+func (p *Plane) collect(ctx context.Context, app string) {
+	keep := p.KeepReleases
+	if keep <= 0 {
+		keep = DefaultKeepReleases
+	}
+	a, err := p.Store.App(ctx, app)
+	if err != nil {
+		return
+	}
+	rels, err := p.Store.Releases(ctx, app) // newest first
+	if err != nil {
+		p.Log.Warn("collect releases", "app", app, "err", err)
+		return
+	}
+	keptBuilds := map[string]bool{}
+	var old []pier.Release
+	for i, r := range rels {
+		if i < keep || r.Version == a.Release {
+			keptBuilds[r.BuildID] = true
+		} else {
+			old = append(old, r)
+		}
+	}
+	removed := 0
+	for _, r := range old {
+		if p.Images != nil {
+			if err := p.Images.Untag(ctx, app, fmt.Sprintf("v%d", r.Version)); err != nil && !errors.Is(err, imagestore.ErrNotFound) {
+				p.Log.Warn("untag old release", "app", app, "version", r.Version, "err", err)
+			}
+		}
+		if keptBuilds[r.BuildID] {
+			continue
+		}
+		dir := p.ArtifactPath(app, r.BuildID)
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			p.Log.Warn("remove old build", "app", app, "build", r.BuildID, "err", err)
+			continue
+		}
+		if p.Images != nil {
+			if err := p.Images.Untag(ctx, app, r.BuildID); err != nil && !errors.Is(err, imagestore.ErrNotFound) {
+				p.Log.Warn("untag old build", "app", app, "build", r.BuildID, "err", err)
+			}
+		}
+		removed++
+	}
+	if removed == 0 {
+		return
+	}
+	if p.Images != nil {
+		if n, freed, err := p.Images.GC(ctx); err != nil {
+			p.Log.Warn("collect images", "err", err)
+		} else if n > 0 {
+			p.Log.Info("collected old release images", "app", app, "blobs", n, "bytes", freed)
+		}
+	}
+	p.event(ctx, app, "collect", "removed the builds of %d release(s) older than the newest %d", removed, keep)
+}
