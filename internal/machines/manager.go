@@ -25,8 +25,8 @@ type Image struct {
 	// Rootfs are the image's read-only layer directories, topmost first.
 	Rootfs          []string
 	Entrypoint, Cmd []string
-	Env                 []string
-	WorkDir, User       string
+	Env             []string
+	WorkDir, User   string
 	// Mounts are host paths the image needs bound in (an app release's
 	// image is the host's system directories plus the release).
 	Mounts []runtime.Mount
