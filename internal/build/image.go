@@ -111,6 +111,7 @@ func (im *Imager) Make(ctx context.Context, app, id, dir string, plan Plan, out 
 	}
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", goruntime.GOARCH
+	cfg.Created = v1.Time{Time: begin.UTC().Truncate(time.Second)}
 	cfg.Config = v1.Config{
 		Cmd:          Command(plan.Builder, plan.Start),
 		Env:          []string{imagePath, "HOME=/tmp", fmt.Sprintf("PORT=%d", AppPort)},
