@@ -110,6 +110,7 @@ func (b *Builder) build(ctx context.Context, app, id, src string, plan Plan, out
 		if err := takeBack(work); err != nil {
 			return img, fmt.Errorf("finish build: %w", err)
 		}
+		b.Sandbox.bound(app, out)
 	}
 	if b.Images != nil {
 		var err error
@@ -122,6 +123,19 @@ func (b *Builder) build(ctx context.Context, app, id, src string, plan Plan, out
 	}
 	ok = true
 	return img, nil
+}
+
+// Sweep removes builds a crash left unfinished (their .tmp directories).
+func (b *Builder) Sweep() (int, error) {
+	dirs, err := filepath.Glob(filepath.Join(b.Dir, "*", "*.tmp"))
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, d := range dirs {
+		errs = append(errs, os.RemoveAll(d))
+	}
+	return len(dirs), errors.Join(errs...)
 }
 
 // runOnHost runs a step as a host process in its own process group.

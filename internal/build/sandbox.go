@@ -31,6 +31,7 @@ const (
 const (
 	DefaultBuildMemoryMB = 4096
 	DefaultBuildPids     = 4096
+	DefaultMaxCache      = 4 << 30
 )
 
 // Machines starts isolated machines (internal/runtime/runc).
@@ -57,6 +58,10 @@ type Sandbox struct {
 	// Resources are each step's limits (zero fields: all CPUs,
 	// DefaultBuildMemoryMB, DefaultBuildPids).
 	Resources runtime.Resources
+	// MaxCache bounds an app's build cache, in bytes (0:
+	// DefaultMaxCache): a cache that outgrows it after a build is emptied,
+	// and the next build starts cold.
+	MaxCache int64
 	// Env is the host environment to pass on (default os.Environ()); only
 	// tool settings such as GOPROXY, npm_config_* and PIP_* and the proxy
 	// variables go through (see buildEnvKeep).
@@ -285,6 +290,32 @@ func (s *Sandbox) prepareCache(cache string) error {
 		return fmt.Errorf("build cache: %w", err)
 	}
 	return os.Lchown(home, BuildUID, BuildGID)
+}
+
+// bound empties the app's build cache when it has outgrown MaxCache.
+func (s *Sandbox) bound(app string, out io.Writer) {
+	limit := s.MaxCache
+	if limit <= 0 {
+		limit = DefaultMaxCache
+	}
+	cache := filepath.Join(s.CacheDir, app)
+	var size int64
+	filepath.WalkDir(cache, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				size += fi.Size()
+			}
+		}
+		return nil
+	})
+	if size <= limit {
+		return
+	}
+	fmt.Fprintf(out, "==> The build cache of %s holds %s, over its %s limit: emptied (the next build starts cold)\n", app, pier.Bytes(size), pier.Bytes(limit))
+	entries, _ := os.ReadDir(cache)
+	for _, e := range entries {
+		os.RemoveAll(filepath.Join(cache, e.Name()))
+	}
 }
 
 // RemoveCache deletes an app's build cache.

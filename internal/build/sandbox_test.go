@@ -76,3 +76,37 @@ func TestTakeBack(t *testing.T) {
 		t.Errorf("takeBack followed a symlink out of the tree: owner now %d", st.Uid)
 	}
 }
+
+func TestCacheBound(t *testing.T) {
+	dir := t.TempDir()
+	s := &Sandbox{CacheDir: dir, MaxCache: 1000}
+	cache := filepath.Join(dir, "web")
+	os.MkdirAll(filepath.Join(cache, "go-build"), 0o700)
+	os.WriteFile(filepath.Join(cache, "go-build", "a"), make([]byte, 600), 0o600)
+	var out strings.Builder
+	s.bound("web", &out)
+	if _, err := os.Stat(filepath.Join(cache, "go-build", "a")); err != nil || out.Len() > 0 {
+		t.Fatalf("a cache under its limit was touched: %v %q", err, out.String())
+	}
+	os.WriteFile(filepath.Join(cache, "go-build", "b"), make([]byte, 600), 0o600)
+	s.bound("web", &out)
+	if entries, _ := os.ReadDir(cache); len(entries) != 0 || !strings.Contains(out.String(), "emptied") {
+		t.Fatalf("a cache over its limit kept %d entries; output %q", len(entries), out.String())
+	}
+	if _, err := os.Stat(cache); err != nil {
+		t.Fatalf("the cache directory itself went: %v", err)
+	}
+}
+
+func TestSweepRemovesUnfinishedBuilds(t *testing.T) {
+	b := &Builder{Dir: t.TempDir()}
+	for _, d := range []string{"web/20260101T000000-aaaa.tmp/x", "web/20260101T000000-bbbb/x"} {
+		os.MkdirAll(filepath.Join(b.Dir, d), 0o755)
+	}
+	if n, err := b.Sweep(); n != 1 || err != nil {
+		t.Fatalf("Sweep = %d, %v; want 1", n, err)
+	}
+	if _, err := os.Stat(filepath.Join(b.Dir, "web/20260101T000000-bbbb/x")); err != nil {
+		t.Errorf("a finished build went: %v", err)
+	}
+}

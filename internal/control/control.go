@@ -124,6 +124,11 @@ func (p *Plane) Restore(ctx context.Context, c Cleaner) error {
 		p.Store.RemoveMachine(ctx, id)
 	}
 	os.RemoveAll(p.TempDir)
+	if n, err := p.Builder.Sweep(); err != nil {
+		p.Log.Warn("remove unfinished builds", "err", err)
+	} else if n > 0 {
+		p.Log.Info("removed builds a previous run left unfinished", "count", n)
+	}
 	if err := p.startMesh(ctx); err != nil {
 		return err
 	}
