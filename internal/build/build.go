@@ -86,6 +86,9 @@ func (b *Builder) build(ctx context.Context, app, id, src string, plan Plan, out
 		if err := handOver(work); err != nil {
 			return img, fmt.Errorf("stage build: %w", err)
 		}
+		if plan.Builder == "go" {
+			b.Sandbox.seedGoCache(ctx, app, out)
+		}
 	} else if plan.NoNetwork && len(plan.Steps) > 0 {
 		return img, pier.Errorf(pier.Invalid, "pier.toml: [build] network = \"none\" needs isolated builds: run `pier server` as root with runc installed")
 	}

@@ -62,10 +62,17 @@ type Sandbox struct {
 	// DefaultMaxCache): a cache that outgrows it after a build is emptied,
 	// and the next build starts cold.
 	MaxCache int64
+	// SeedDir, when set, holds a build cache of Go's standard library,
+	// compiled once per Go version in a build machine from nothing but the
+	// toolchain, that every Go app's cache starts as a copy of (a copy:
+	// one app's build must never write into another's cache).
+	SeedDir string
 	// Env is the host environment to pass on (default os.Environ()); only
 	// tool settings such as GOPROXY, npm_config_* and PIP_* and the proxy
 	// variables go through (see buildEnvKeep).
 	Env []string
+
+	seedMu sync.Mutex
 }
 
 // buildEnvKeep says which host variables reach build steps: settings of
@@ -95,14 +102,19 @@ type Step struct {
 	// NoNetwork cuts the step off from everything beyond its machine.
 	NoNetwork bool
 	Out       io.Writer
+	// cache replaces the app's build cache at /cache (the Go seed's).
+	cache string
 }
 
 // Run runs one step and waits for it. The error says how the step failed:
 // its exit code, the memory limit, or the context's cause.
 func (s *Sandbox) Run(ctx context.Context, st Step) error {
-	cache := filepath.Join(s.CacheDir, st.App)
-	if err := s.prepareCache(cache); err != nil {
-		return err
+	cache := st.cache
+	if cache == "" {
+		cache = filepath.Join(s.CacheDir, st.App)
+		if err := s.prepareCache(cache); err != nil {
+			return err
+		}
 	}
 	res := s.Resources
 	if res.CPUs <= 0 {

@@ -26,6 +26,10 @@ import (
 
 var pierBin string
 
+// baseCache is shared by every server of the run: base images depend only
+// on the host's packages, so the suite assembles each one once.
+var baseCache string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "pier-e2e-bin-")
 	if err != nil {
@@ -33,6 +37,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	pierBin = filepath.Join(dir, "pier")
+	baseCache = filepath.Join(dir, "bases")
 	build := exec.Command("go", "build", "-o", pierBin, "github.com/pier-dev/pier/cmd/pier")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -211,7 +216,7 @@ func startRuncServerWith(t testing.TB, flags ...string) *server {
 	// server keeps its bridge and firewall chains across restarts on
 	// purpose, but a test's are of no further use.
 	t.Cleanup(func() { removeBridge(t, bridge) })
-	return startServerWith(t, append([]string{"--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n)}, flags...)...)
+	return startServerWith(t, append([]string{"--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n), "--base-cache", baseCache}, flags...)...)
 }
 
 // removeBridge deletes a bridge and the firewall chains pier made for it.

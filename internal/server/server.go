@@ -198,6 +198,9 @@ func Run(ctx context.Context, c Config) error {
 		if c.BaseCache == "" {
 			c.BaseCache = filepath.Join(c.DataDir, "images", "bases")
 		}
+		// Go's standard library, compiled once, seeds each Go app's cache;
+		// like the bases it derives from the host's toolchain alone.
+		builder.Sandbox.SeedDir = filepath.Join(c.BaseCache, "toolchains")
 		builder.Images = &build.Imager{Bases: baseimage.New(c.BaseCache, log.With("component", "bases")), Store: releaseImages,
 			Self: self, Dir: filepath.Join(c.DataDir, "images", "layers")}
 		supCfg.Lowers = builder.Images
