@@ -338,4 +338,3 @@ func TestCopyFromContext(t *testing.T) {
 		}
 	}
 }
-
