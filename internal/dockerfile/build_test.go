@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/pier-dev/pier/internal/baseimage"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/dockerfile"
 	"github.com/pier-dev/pier/internal/image"
@@ -398,5 +399,69 @@ func TestFromStaysInTheContext(t *testing.T) {
 				t.Fatalf("error %v, want kind %v at line 1", err, tc.kind)
 			}
 		})
+	}
+}
+
+// TestFromPierBase: FROM pier/<base> stacks the base's unpacked directory
+// and reuses its layer as it is.
+func TestFromPierBase(t *testing.T) {
+	need(t)
+	if testing.Short() {
+		t.Skip("assembles a base image from the host's packages")
+	}
+	bases := baseimage.New(filepath.Join(t.TempDir(), "bases"), nil)
+	dir := app(t, map[string]string{"Dockerfile": "FROM pier/minimal\nRUN echo from-base > /from-base.txt && read first < /etc/os-release && echo \"$first\"\n"})
+	progress := &syncBuffer{}
+	o := options(t, dir, progress)
+	o.Bases = bases
+	res, err := dockerfile.Build(context.Background(), o)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress)
+	}
+	base, err := bases.Get(context.Background(), "minimal", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := res.Image.Layers()
+	if len(layers) != 2 {
+		t.Fatalf("%d layers", len(layers))
+	}
+	if d, _ := layers[0].Digest(); d != base.Digest {
+		t.Errorf("base layer %s, want the base's own %s", d, base.Digest)
+	}
+	if !strings.Contains(progress.String(), "NAME=") {
+		t.Errorf("the RUN step did not see the base's /etc/os-release:\n%s", progress)
+	}
+}
+
+// TestScratchWithoutRun: an image of COPY and metadata alone needs no
+// build machine.
+func TestScratchWithoutRun(t *testing.T) {
+	need(t)
+	dir := app(t, map[string]string{"srv": "binary", "Dockerfile": "FROM scratch\nCOPY --chmod=755 srv /srv\nENTRYPOINT [\"/srv\"]\nCMD [\"--port\", \"8080\"]\nEXPOSE 8080 53/udp\nSTOPSIGNAL SIGINT\n"})
+	o := options(t, dir, nil)
+	o.Runner = nil
+	res, err := dockerfile.Build(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := res.Config
+	if strings.Join(dockerfile.StartCommand(c), " ") != "/srv --port 8080" || dockerfile.Port(c) != 8080 || c.StopSignal != "SIGINT" || len(c.ExposedPorts) != 2 {
+		t.Errorf("config %+v", c)
+	}
+	layers, _ := res.Image.Layers()
+	if len(layers) != 1 {
+		t.Fatalf("%d layers", len(layers))
+	}
+	rc, _ := layers[0].Uncompressed()
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	h, err := tr.Next()
+	if err != nil || h.Name != "srv" || h.Mode != 0o755 || h.Uid != 0 {
+		t.Errorf("layer entry %+v %v", h, err)
+	}
+	cf, _ := res.Image.ConfigFile()
+	if cf.OS != "linux" || cf.Architecture != goarch() || len(cf.History) != 5 {
+		t.Errorf("config file os %s arch %s history %d", cf.OS, cf.Architecture, len(cf.History))
 	}
 }

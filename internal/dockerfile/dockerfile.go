@@ -138,11 +138,13 @@ type Options struct {
 	// Dockerfile is the Dockerfile's path in Context (default "Dockerfile").
 	Dockerfile string
 	// WorkDir holds the build's layers and is the caller's to remove once
-	// the image is stored (imagestore.Put): the image's layers are files in
-	// it. It is created (0700) when missing; put it under pier's data dir.
-	// Its path must not contain ':' or ','.
+	// the image is stored (imagestore.Put), or once Build failed: the
+	// image's layers are files in it. It is created (0700) when missing;
+	// put it under pier's data dir, on the filesystem of the runc driver's
+	// StateDir. Its path must not contain ':' or ','.
 	WorkDir string
-	// ID names the build machines, ID-<step> (default: random).
+	// ID names the build machines, ID-<step> (default: random); letters,
+	// digits, '_', '.' and '-', at most 60 characters.
 	ID string
 	// App is the app's name, for the machines' logs.
 	App string
