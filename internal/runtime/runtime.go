@@ -27,6 +27,18 @@ type Spec struct {
 	// filesystem, topmost first (an unpacked image, or host system dirs).
 	// Each machine gets its own writable layer on top.
 	Rootfs []string
+	// Upper, when set, is a host directory the caller owns that becomes the
+	// machine's writable layer instead of one of the driver's own, and
+	// that the driver keeps when the machine is gone: what the machine
+	// changed, in overlayfs' format (whiteouts are 0/0 character devices,
+	// opaque directories carry trusted.overlay.opaque=y). A Dockerfile's
+	// RUN step is such a machine. The driver removes from it what it put
+	// there itself (its /etc/hosts, /etc/hostname, /etc/resolv.conf and the
+	// empty mount points it made), so it holds the machine's own changes
+	// only. The driver makes its overlay work directory beside it, Upper +
+	// ".work", and removes that too; Upper's parent must be on the same
+	// filesystem and writable by the driver.
+	Upper string
 	// Mounts are host paths bound into the machine.
 	Mounts []Mount
 	// Files are written into the machine's writable layer before it starts.

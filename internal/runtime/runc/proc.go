@@ -27,7 +27,8 @@ type proc struct {
 	id   string
 	log  *slog.Logger
 	addr string
-	pid  int // set by Start before the proc is handed out
+	pid  int        // set by Start before the proc is handed out
+	kept *keptUpper // the caller's upper layer, or nil
 
 	exited   chan struct{} // runc has returned
 	done     chan struct{} // torn down, output flushed; exit is set
@@ -66,6 +67,11 @@ func (p *proc) wait(cmd *exec.Cmd, copies *sync.WaitGroup, addr netip.Addr) {
 	defer cancel()
 	if _, terr := p.d.teardown(ctx, p.id); terr != nil {
 		p.log.Error("clean up machine", "err", terr)
+	}
+	if p.kept != nil {
+		if ferr := p.kept.finish(); ferr != nil {
+			p.log.Error("clean up machine", "err", ferr)
+		}
 	}
 	// After teardown: runc delete -f has killed anything that could still
 	// hold the output pipes (possible only if runc itself was killed).

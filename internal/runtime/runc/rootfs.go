@@ -21,8 +21,11 @@ import (
 // every machine started from them, never written: overlayfs only ever
 // writes its upper layer) under this machine's own upper layer. Nothing is
 // copied. "volatile" skips syncs of the upper layer: it is thrown away when
-// the machine stops, so there is nothing to make durable.
-func mountRootfs(lowers []string, upper, work, target string) error {
+// the machine stops, so there is nothing to make durable (a kept upper
+// layer is read in the same boot, from the page cache). A kept upper layer
+// must be a plain diff: no directory renames recorded as redirects and no
+// metadata-only copies, whatever the kernel's defaults.
+func mountRootfs(lowers []string, upper, work, target string, kept bool) error {
 	for _, l := range lowers {
 		if !filepath.IsAbs(l) || strings.ContainsAny(l, ":,") {
 			return fmt.Errorf("rootfs layer %q: want an absolute path without ':' or ','", l)
@@ -36,6 +39,9 @@ func mountRootfs(lowers []string, upper, work, target string) error {
 		}
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), upper, work)
+	if kept {
+		opts += ",redirect_dir=off,metacopy=off"
+	}
 	if len(opts)+len(",volatile") >= os.Getpagesize() {
 		return fmt.Errorf("rootfs: %d layers make the overlay options longer than the kernel takes", len(lowers))
 	}

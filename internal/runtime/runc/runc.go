@@ -288,13 +288,19 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger) (_ *proc, err error) {
 	id, b, run := spec.ID, d.layers(spec.ID), d.bundle(spec.ID)
 	var addr netip.Addr
-	handedOff := false // once runc runs, its waiter owns the teardown
+	var kept *keptUpper // the caller's upper layer (spec.Upper)
+	handedOff := false  // once runc runs, its waiter owns the teardown
 	defer func() {
 		if handedOff {
 			return
 		}
 		if _, terr := d.teardown(context.Background(), id); terr != nil {
 			log.Warn("clean up after failed start", "err", terr)
+		}
+		if kept != nil { // after the teardown has unmounted the overlay
+			if ferr := kept.finish(); ferr != nil {
+				log.Warn("clean up after failed start", "err", ferr)
+			}
 		}
 		if addr.IsValid() {
 			d.ipam.release(addr)
@@ -309,7 +315,15 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		}
 	}
 	upper, work, rootfs := filepath.Join(b, "upper"), filepath.Join(b, "work"), filepath.Join(b, "rootfs")
-	for _, dir := range []string{b, upper, work, rootfs, run} {
+	dirs := []string{b, upper, work, rootfs, run}
+	if spec.Upper != "" {
+		if kept, err = newKeptUpper(spec.Upper); err != nil {
+			return nil, err
+		}
+		upper, work = kept.upper, kept.work
+		dirs = []string{b, rootfs, run}
+	}
+	for _, dir := range dirs {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return nil, err
 		}
@@ -339,9 +353,19 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		{Path: "/etc/hostname", Data: []byte(id + "\n")},
 		{Path: "/etc/resolv.conf", Data: d.resolv},
 	}
-	err = writeFiles(upper, spec.Rootfs, append(base, spec.Files...))
+	port := spec.Port
+	if port == 0 {
+		port = defaultPort
+	}
+	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid, swapLimit: d.swapLimit, init: d.cfg.Init})
+	if err == nil && kept != nil {
+		kept.note([]string{base[0].Path, base[1].Path, base[2].Path}, s.Mounts)
+	}
 	if err == nil {
-		err = mountRootfs(spec.Rootfs, upper, work, rootfs)
+		err = writeFiles(upper, spec.Rootfs, append(base, spec.Files...))
+	}
+	if err == nil {
+		err = mountRootfs(spec.Rootfs, upper, work, rootfs, kept != nil)
 	}
 	if nerr := <-netErr; err == nil {
 		err = nerr
@@ -352,14 +376,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		d.mu.Unlock()
 		err = d.fw.allowHost(ctx, id, addr.String(), d.ipam.gateway.String(), spec.HostPorts)
 	}
-	if err != nil {
-		return nil, err
-	}
-	port := spec.Port
-	if port == 0 {
-		port = defaultPort
-	}
-	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid, swapLimit: d.swapLimit, init: d.cfg.Init})
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +403,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	}
 	handedOff = true
 
-	p := &proc{d: d, id: id, log: log, addr: net.JoinHostPort(addr.String(), strconv.Itoa(port)),
+	p := &proc{d: d, id: id, log: log, addr: net.JoinHostPort(addr.String(), strconv.Itoa(port)), kept: kept,
 		exited: make(chan struct{}), done: make(chan struct{})}
 	go p.wait(cmd, copies, addr)
 
