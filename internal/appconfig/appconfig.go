@@ -100,7 +100,7 @@ type HTTPService struct {
 
 // Build overrides detection.
 type Build struct {
-	// Builder is one of go, node, python, static, procfile.
+	// Builder is one of dockerfile, go, node, python, static, procfile.
 	Builder string `toml:"builder,omitempty"`
 	// Command is a shell command that builds the app (replaces the builder's).
 	Command string `toml:"command,omitempty"`
@@ -132,7 +132,7 @@ type Check struct {
 }
 
 // Builders are the builder names pier knows.
-var Builders = []string{"go", "node", "python", "static", "procfile"}
+var Builders = []string{"dockerfile", "go", "node", "python", "static", "procfile"}
 
 // Error is a problem in pier.toml at a line (0 when unknown).
 type Error struct {
@@ -368,7 +368,7 @@ func New(app string) []byte {
 app = %q
 
 # [build]
-# builder = "go"          # go, node, python, static or procfile (default: detected)
+# builder = "go"          # dockerfile, go, node, python, static or procfile (default: detected)
 # command = "make build"  # build command (default: the builder's)
 # start = "./server"      # start command; the app must listen on $PORT
 # network = "none"        # build steps reach nothing (default: registries and the internet)

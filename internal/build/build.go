@@ -115,7 +115,18 @@ func (b *Builder) build(ctx context.Context, app, id, src string, plan Plan, out
 		}
 		b.Sandbox.bound(app, out)
 	}
-	if b.Images != nil {
+	switch {
+	case plan.Builder == "dockerfile" && b.Images != nil:
+		var err error
+		if img, err = b.Images.MakeDockerfile(ctx, b.Sandbox, app, id, work, plan, out); err != nil {
+			if ctx.Err() != nil {
+				return img, fmt.Errorf("Dockerfile build stopped: %w", context.Cause(ctx))
+			}
+			return img, err
+		}
+	case plan.Builder == "dockerfile":
+		return img, pier.Errorf(pier.Invalid, "Dockerfile builds need isolated build machines: run `pier server` as root with runc installed")
+	case b.Images != nil:
 		var err error
 		if img, err = b.Images.Make(ctx, app, id, work, plan, out); err != nil {
 			return img, &pier.Error{Kind: pier.Failed, Msg: "making the release image failed", Err: err}

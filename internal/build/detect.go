@@ -17,7 +17,7 @@ import (
 
 // Plan says how to build and start an app.
 type Plan struct {
-	Builder string   // go, node, python, static or procfile
+	Builder string   // dockerfile, go, node, python, static or procfile
 	Steps   []string // shell commands run in order in the artifact directory
 	Start   string   // shell command that runs the app; empty for static sites
 	// NoNetwork: build steps reach nothing beyond their build machine.
@@ -39,12 +39,20 @@ func Detect(dir string, cfg *appconfig.Config) (Plan, error) {
 		if b.Start != "" {
 			builder = "procfile" // a start command alone is enough to run
 		} else {
-			return Plan{}, pier.Errorf(pier.Invalid, "no app detected in %s: add a go.mod, package.json, requirements.txt, app.py, index.html or Procfile, or set [build] start in pier.toml", dir)
+			return Plan{}, pier.Errorf(pier.Invalid, "no app detected in %s: add a Dockerfile, go.mod, package.json, requirements.txt, app.py, index.html or Procfile, or set [build] start in pier.toml", dir)
 		}
 	}
 	var p Plan
 	var err error
 	switch builder {
+	case "dockerfile":
+		if !exists(dir, "Dockerfile") {
+			return Plan{}, pier.Errorf(pier.Invalid, "pier.toml says builder = \"dockerfile\" but %s has no Dockerfile", dir)
+		}
+		if b.Command != "" {
+			return Plan{}, pier.Errorf(pier.Invalid, "pier.toml: [build] command does not apply to Dockerfile builds: put build steps in the Dockerfile's RUN lines")
+		}
+		p = Plan{}
 	case "go":
 		p = Plan{Steps: []string{"go build -o .pier/bin/app ."}, Start: "./.pier/bin/app"}
 	case "node":
@@ -65,7 +73,7 @@ func Detect(dir string, cfg *appconfig.Config) (Plan, error) {
 	// A Procfile's web process wins over the builder's start command.
 	if web, err := procfileWeb(dir); err != nil {
 		return Plan{}, err
-	} else if web != "" && builder != "static" {
+	} else if web != "" && builder != "static" && builder != "dockerfile" {
 		p.Start = web
 	}
 	if b.Command != "" {
@@ -75,7 +83,7 @@ func Detect(dir string, cfg *appconfig.Config) (Plan, error) {
 		p.Start = b.Start
 	}
 	p.NoNetwork = b.Network == "none"
-	if p.Start == "" && builder != "static" {
+	if p.Start == "" && builder != "static" && builder != "dockerfile" {
 		return Plan{}, pier.Errorf(pier.Invalid, "%s app in %s has no start command: add a Procfile with a `web:` line or set [build] start in pier.toml", builder, dir)
 	}
 	return p, nil
@@ -88,6 +96,8 @@ func exists(dir, name string) bool {
 
 func detectBuilder(dir string) string {
 	switch {
+	case exists(dir, "Dockerfile"):
+		return "dockerfile"
 	case exists(dir, "go.mod"):
 		return "go"
 	case exists(dir, "package.json"):
@@ -228,8 +238,14 @@ func (p Plan) Describe() string {
 		steps = strings.Join(p.Steps, " && ")
 	}
 	start := p.Start
-	if p.Builder == "static" {
+	switch {
+	case p.Builder == "static":
 		start = "pier serves the files"
+	case p.Builder == "dockerfile":
+		steps = "the Dockerfile, in build machines"
+		if start == "" {
+			start = "the image's ENTRYPOINT and CMD"
+		}
 	}
 	return fmt.Sprintf("builder %s (build: %s; start: %s)", p.Builder, steps, start)
 }

@@ -23,12 +23,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/pier-dev/pier/internal/baseimage"
+	"github.com/pier-dev/pier/internal/dockerfile"
+	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/pier"
 )
 
-// ImageStore keeps images by repository and tag (internal/imagestore).
+// ImageStore keeps images by repository and tag in an OCI image layout
+// (internal/imagestore).
 type ImageStore interface {
 	Put(ctx context.Context, repo, tag string, img v1.Image) (v1.Hash, error)
+	Dir() string
 }
 
 // Imager turns finished builds into release images: a base image made
@@ -47,6 +51,9 @@ type Imager struct {
 	// Dir holds pier's own layers (the static file server) and layers
 	// being written; required.
 	Dir string
+	// Unpack opens the FROM images of Dockerfile builds and unpacks the
+	// images they make, for machines to run; required for Dockerfiles.
+	Unpack *image.Store
 }
 
 // Image paths and settings every release image has.
@@ -149,13 +156,58 @@ func (im *Imager) Make(ctx context.Context, app, id, dir string, plan Plan, out 
 	return pier.ReleaseImage{Digest: digest.String(), Size: size, Lowers: lowers}, nil
 }
 
+// MakeDockerfile builds the image of a Dockerfile app, whose source is
+// dir, running its RUN steps in build machines of sb, stores it under
+// app:<id> and unpacks it for machines to run.
+func (im *Imager) MakeDockerfile(ctx context.Context, sb *Sandbox, app, id, dir string, plan Plan, out io.Writer) (pier.ReleaseImage, error) {
+	if im.Unpack == nil || sb == nil {
+		return pier.ReleaseImage{}, pier.Errorf(pier.Invalid, "Dockerfile builds need isolated build machines: run `pier server` as root with runc installed")
+	}
+	begin := time.Now()
+	work := filepath.Join(im.Dir, "tmp", "dockerfile-"+id)
+	defer os.RemoveAll(work)
+	res, err := dockerfile.Build(ctx, dockerfile.Options{Context: dir, WorkDir: work, ID: "build-" + id, App: app,
+		Runner: sb, Bases: im.Bases, Images: im.Unpack, NoNetwork: plan.NoNetwork, Progress: out})
+	if err != nil {
+		return pier.ReleaseImage{}, err
+	}
+	digest, err := im.Store.Put(ctx, app, id, res.Image)
+	if err != nil {
+		return pier.ReleaseImage{}, fmt.Errorf("store image: %w", err)
+	}
+	got, err := im.Unpack.Get(ctx, fmt.Sprintf("oci:%s:%s:%s", im.Store.Dir(), app, id), io.Discard)
+	if err != nil {
+		return pier.ReleaseImage{}, fmt.Errorf("unpack image: %w", err)
+	}
+	layers, err := res.Image.Layers()
+	if err != nil {
+		return pier.ReleaseImage{}, err
+	}
+	var size int64
+	for _, l := range layers {
+		n, err := l.Size()
+		if err != nil {
+			return pier.ReleaseImage{}, err
+		}
+		size += n
+	}
+	c := res.Config
+	run := &pier.ImageRun{Cmd: dockerfile.StartCommand(c), Env: c.Env, WorkDir: c.WorkingDir, User: c.User, Port: dockerfile.Port(c)}
+	fmt.Fprintf(out, "==> Image %s (%s) in %s\n", digest, pier.Bytes(size), time.Since(begin).Round(10*time.Millisecond))
+	return pier.ReleaseImage{Digest: digest.String(), Size: size, Lowers: []string{"image-" + filepath.Base(got.Rootfs)}, Run: run}, nil
+}
+
 // Lower returns the host directory of a lower layer a release image
-// records (its base, pier's file server), to run the image's machines on.
+// records (its base, pier's file server, a Dockerfile image unpacked), to
+// run the image's machines on.
 func (im *Imager) Lower(id string) (string, error) {
 	var dir string
-	if strings.HasPrefix(id, "pier-") {
+	switch {
+	case strings.HasPrefix(id, "image-") && im.Unpack != nil:
+		dir = filepath.Join(im.Unpack.Dir, "rootfs", strings.TrimPrefix(id, "image-"))
+	case strings.HasPrefix(id, "pier-"):
 		dir = filepath.Join(im.Dir, id, "rootfs")
-	} else {
+	default:
 		dir = filepath.Join(im.Bases.Dir, id, "rootfs")
 	}
 	if !isDir(dir) {

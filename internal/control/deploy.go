@@ -69,6 +69,10 @@ func (p *Plane) Prepare(ctx context.Context, app string, src io.Reader) (*Upload
 		u.Close()
 		return nil, err
 	}
+	if plan.Builder == "dockerfile" && (!p.Builder.Isolated() || p.Builder.Images == nil) {
+		u.Close()
+		return nil, pier.Errorf(pier.Invalid, "%s has a Dockerfile, and Dockerfile builds need isolated build machines, which this server does not have: run `pier server` as root with runc installed (--runtime runc), or choose another builder in pier.toml ([build] builder)", app)
+	}
 	if plan.NoNetwork && !p.Builder.Isolated() {
 		u.Close()
 		return nil, pier.Errorf(pier.Invalid, "pier.toml: [build] network = \"none\" needs isolated builds, and this server builds on the host: run `pier server` as root with runc installed (--runtime runc)")

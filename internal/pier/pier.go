@@ -42,6 +42,18 @@ type ReleaseImage struct {
 	// for it besides the app itself (its base, pier's file server),
 	// topmost first.
 	Lowers []string `json:"lowers,omitempty"`
+	// Run says how to run an image that is not laid out as pier's own
+	// builders lay theirs (a Dockerfile's): nil for those.
+	Run *ImageRun `json:"run,omitempty"`
+}
+
+// ImageRun is what a release takes from its image's config to run it.
+type ImageRun struct {
+	Cmd     []string `json:"cmd"` // ENTRYPOINT then CMD
+	Env     []string `json:"env,omitempty"`
+	WorkDir string   `json:"workdir,omitempty"`
+	User    string   `json:"user,omitempty"`
+	Port    int      `json:"port,omitempty"` // the lowest EXPOSEd TCP port; 0: 8080
 }
 
 // Release statuses.

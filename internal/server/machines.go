@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
@@ -105,19 +104,13 @@ func (i images) release(ctx context.Context, ref, rest string) (machines.Image, 
 		env = append(env, k+"="+val)
 	}
 	if rel.Image.Digest != "" && i.lowers != nil {
-		// The release's own image: its layers, the build at /app.
-		var rootfs []string
-		for _, id := range rel.Image.Lowers {
-			dir, err := i.lowers.Lower(id)
-			if err != nil {
-				return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
-			}
-			rootfs = append(rootfs, dir)
+		// The release's own image.
+		spec, err := supervisor.ImageSpec(runtime.Spec{Dir: i.artifact(app, rel.BuildID), Env: env}, rel, i.lowers)
+		if err != nil {
+			return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
 		}
-		return machines.Image{Ref: ref, Digest: rel.Image.Digest, Rootfs: rootfs,
-			Mounts: []runtime.Mount{{Source: i.artifact(app, rel.BuildID), Target: build.AppDir, ReadOnly: true}},
-			Cmd:    build.Command(rel.Builder, rel.Start), Env: append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp"}, env...),
-			WorkDir: build.AppDir, User: build.AppUser}, nil
+		return machines.Image{Ref: ref, Digest: rel.Image.Digest, Rootfs: spec.Rootfs, Mounts: spec.Mounts,
+			Cmd: spec.Command, Env: spec.Env, WorkDir: spec.WorkDir, User: spec.User}, nil
 	}
 	static := rel.Builder == "static" && rel.Start == ""
 	rootfs, mounts, cmd, baseEnv, workdir, user := i.hostfs.ReleaseImage(i.artifact(app, rel.BuildID), rel.Start, static)

@@ -202,7 +202,8 @@ func Run(ctx context.Context, c Config) error {
 		// like the bases it derives from the host's toolchain alone.
 		builder.Sandbox.SeedDir = filepath.Join(c.BaseCache, "toolchains")
 		builder.Images = &build.Imager{Bases: baseimage.New(c.BaseCache, log.With("component", "bases")), Store: releaseImages,
-			Self: self, Dir: filepath.Join(c.DataDir, "images", "layers")}
+			Self: self, Dir: filepath.Join(c.DataDir, "images", "layers"),
+			Unpack: &image.Store{Dir: filepath.Join(c.DataDir, "images", "releases"), Log: log.With("component", "images")}}
 		supCfg.Lowers = builder.Images
 	} else {
 		log.Warn("builds run on the host as this server's user, without isolation: run pier server as root with runc installed (--runtime runc) to build in isolated build machines")

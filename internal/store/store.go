@@ -170,8 +170,14 @@ func (s *Store) CreateRelease(ctx context.Context, r pier.Release) (pier.Release
 	if err != nil {
 		return r, err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO releases(app, version, build_id, builder, start, config, status, description, created_at, image_digest, image_size, image_lowers) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
-		r.App, r.Version, r.BuildID, r.Builder, r.Start, string(cfg), r.Status, r.Description, ts(r.CreatedAt), r.Image.Digest, r.Image.Size, string(lowers)); err != nil {
+	var run []byte
+	if r.Image.Run != nil {
+		if run, err = json.Marshal(r.Image.Run); err != nil {
+			return r, err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO releases(app, version, build_id, builder, start, config, status, description, created_at, image_digest, image_size, image_lowers, image_run) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		r.App, r.Version, r.BuildID, r.Builder, r.Start, string(cfg), r.Status, r.Description, ts(r.CreatedAt), r.Image.Digest, r.Image.Size, string(lowers), string(run)); err != nil {
 		return r, fmt.Errorf("create release of %s: %w", r.App, err)
 	}
 	return r, tx.Commit()
@@ -195,7 +201,7 @@ func (s *Store) Releases(ctx context.Context, app string) ([]pier.Release, error
 }
 
 func (s *Store) releases(ctx context.Context, where string, args ...any) ([]pier.Release, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT app, version, build_id, builder, start, config, status, description, created_at, image_digest, image_size, image_lowers FROM releases `+where, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT app, version, build_id, builder, start, config, status, description, created_at, image_digest, image_size, image_lowers, image_run FROM releases `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read releases: %w", err)
 	}
@@ -203,9 +209,15 @@ func (s *Store) releases(ctx context.Context, where string, args ...any) ([]pier
 	var out []pier.Release
 	for rows.Next() {
 		var r pier.Release
-		var cfg, created, lowers string
-		if err := rows.Scan(&r.App, &r.Version, &r.BuildID, &r.Builder, &r.Start, &cfg, &r.Status, &r.Description, &created, &r.Image.Digest, &r.Image.Size, &lowers); err != nil {
+		var cfg, created, lowers, run string
+		if err := rows.Scan(&r.App, &r.Version, &r.BuildID, &r.Builder, &r.Start, &cfg, &r.Status, &r.Description, &created, &r.Image.Digest, &r.Image.Size, &lowers, &run); err != nil {
 			return nil, err
+		}
+		if run != "" {
+			r.Image.Run = &pier.ImageRun{}
+			if err := json.Unmarshal([]byte(run), r.Image.Run); err != nil {
+				return nil, fmt.Errorf("release %s v%d image: %w", r.App, r.Version, err)
+			}
 		}
 		if err := json.Unmarshal([]byte(lowers), &r.Image.Lowers); err != nil {
 			return nil, fmt.Errorf("release %s v%d image: %w", r.App, r.Version, err)

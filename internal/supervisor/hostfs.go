@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/pier-dev/pier/internal/build"
@@ -33,10 +34,12 @@ type Lowers interface {
 	Lower(id string) (string, error)
 }
 
-// isolateImage turns the spec of a release machine into one that runs the
-// release's image: its pier-kept layers (base, file server) as the root,
-// the app layer (the build) read-only at /app, as the image's user.
-func isolateImage(spec runtime.Spec, rel pier.Release, lowers Lowers) (runtime.Spec, error) {
+// ImageSpec turns the spec of a release machine (its Dir the release's
+// build, its Env the app's) into one that runs the release's image on the
+// image's own layers: pier's builders' images with the build read-only at
+// /app as nobody, a Dockerfile's as its config says ([build] start still
+// overriding its command).
+func ImageSpec(spec runtime.Spec, rel pier.Release, lowers Lowers) (runtime.Spec, error) {
 	spec.Rootfs = nil
 	for _, id := range rel.Image.Lowers {
 		dir, err := lowers.Lower(id)
@@ -48,21 +51,52 @@ func isolateImage(spec runtime.Spec, rel pier.Release, lowers Lowers) (runtime.S
 	if len(spec.Rootfs) == 0 {
 		return spec, fmt.Errorf("release v%d: its image records no layers", rel.Version)
 	}
-	spec.Mounts = []runtime.Mount{{Source: spec.Dir, Target: build.AppDir, ReadOnly: true}}
-	spec.Command = build.Command(rel.Builder, rel.Start)
-	spec.WorkDir = build.AppDir
-	spec.User = build.AppUser
 	spec.DenyOutbound = rel.Config.DenyOutbound
-	spec.Port = build.AppPort
-	env := make([]string, 0, len(spec.Env)+2)
-	for _, kv := range spec.Env {
-		if strings.HasPrefix(kv, "PATH=") || strings.HasPrefix(kv, "HOME=") || strings.HasPrefix(kv, "TMPDIR=") {
-			continue
-		}
-		env = append(env, kv)
+	run := rel.Image.Run
+	if run == nil {
+		spec.Mounts = []runtime.Mount{{Source: spec.Dir, Target: build.AppDir, ReadOnly: true}}
+		spec.Command = build.Command(rel.Builder, rel.Start)
+		spec.WorkDir, spec.User, spec.Port = build.AppDir, build.AppUser, build.AppPort
+		spec.Env = append(withoutVars(spec.Env, "PATH", "HOME", "TMPDIR"), machinePath, "HOME=/tmp")
+		return spec, nil
 	}
-	spec.Env = append(env, machinePath, "HOME=/tmp")
+	spec.Mounts = nil
+	spec.Command = run.Cmd
+	if rel.Start != "" {
+		spec.Command = build.Command("", rel.Start)
+	}
+	if len(spec.Command) == 0 {
+		return spec, fmt.Errorf("release v%d: its image has no ENTRYPOINT or CMD: add one to the Dockerfile, or set [build] start in pier.toml", rel.Version)
+	}
+	spec.WorkDir, spec.User, spec.Port = run.WorkDir, run.User, run.Port
+	if spec.Port == 0 {
+		spec.Port = build.AppPort
+	}
+	// The image's environment, then the app's, which wins.
+	own := map[string]bool{}
+	for _, kv := range spec.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		own[k] = true
+	}
+	env := make([]string, 0, len(run.Env)+len(spec.Env))
+	for _, kv := range run.Env {
+		if k, _, _ := strings.Cut(kv, "="); !own[k] && k != "PORT" {
+			env = append(env, kv)
+		}
+	}
+	spec.Env = append(env, spec.Env...)
 	return spec, nil
+}
+
+func withoutVars(env []string, names ...string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(names, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // machinePath is a PATH for app machines: the host's system directories,

@@ -92,7 +92,7 @@ func (m *machine) run(env []string) {
 		var specErr error
 		if m.s.hostfs != nil {
 			if m.rel.Image.Digest != "" && m.s.lowers != nil {
-				spec, specErr = isolateImage(spec, m.rel, m.s.lowers)
+				spec, specErr = ImageSpec(spec, m.rel, m.s.lowers)
 			} else {
 				spec = m.s.hostfs.isolate(spec, m.rel.Builder == "static" && m.rel.Start == "", m.rel.Config.DenyOutbound)
 			}
