@@ -87,6 +87,10 @@ func (im *Imager) Make(ctx context.Context, app, id, dir string, plan Plan, out 
 	if err != nil {
 		return pier.ReleaseImage{}, fmt.Errorf("base image %s: %w", plan.Builder, err)
 	}
+	tmp := filepath.Join(im.Dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return pier.ReleaseImage{}, err
+	}
 	layers := []v1.Layer{base.Layer}
 	lowers := []string{base.ID}
 	if plan.Builder == "static" && plan.Start == "" {
@@ -96,10 +100,6 @@ func (im *Imager) Make(ctx context.Context, app, id, dir string, plan Plan, out 
 		}
 		layers = append(layers, srv)
 		lowers = append([]string{srvID}, lowers...)
-	}
-	tmp := filepath.Join(im.Dir, "tmp")
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return pier.ReleaseImage{}, err
 	}
 	appLayerPath := filepath.Join(tmp, id+".tar.gz")
 	defer os.Remove(appLayerPath)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/pier-dev/pier/internal/imagestore"
 	"github.com/pier-dev/pier/internal/pier"
@@ -87,6 +88,17 @@ func (p *Plane) collect(ctx context.Context, app string) {
 	if removed == 0 {
 		return
 	}
+	if im := p.Builder.Images; im != nil && im.Unpack != nil && !p.otherDeploys(app) {
+		// Dockerfile images unpacked for machines: keep those of every
+		// app's kept releases.
+		inUse, err := p.keptUnpacked(ctx, keep)
+		if err == nil {
+			_, err = im.Unpack.GC(ctx, inUse)
+		}
+		if err != nil {
+			p.Log.Warn("collect unpacked images", "err", err)
+		}
+	}
 	if p.Images != nil {
 		if n, freed, err := p.Images.GC(ctx); err != nil {
 			p.Log.Warn("collect images", "err", err)
@@ -95,4 +107,44 @@ func (p *Plane) collect(ctx context.Context, app string) {
 		}
 	}
 	p.event(ctx, app, "collect", "removed the builds of %d release(s) older than the newest %d", removed, keep)
+}
+
+// keptUnpacked are the digests of the unpacked images (Dockerfile
+// releases') that the kept releases of all apps run on.
+func (p *Plane) keptUnpacked(ctx context.Context, keep int) (map[string]bool, error) {
+	apps, err := p.Store.Apps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inUse := map[string]bool{}
+	for _, a := range apps {
+		rels, err := p.Store.Releases(ctx, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range rels {
+			if i >= keep && r.Version != a.Release {
+				continue
+			}
+			for _, l := range r.Image.Lowers {
+				if hex, ok := strings.CutPrefix(l, "image-"); ok {
+					inUse["sha256:"+hex] = true
+				}
+			}
+		}
+	}
+	return inUse, nil
+}
+
+// otherDeploys says whether an app other than app has a deploy under way,
+// whose new image is in no release yet.
+func (p *Plane) otherDeploys(app string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, op := range p.busy {
+		if a != app && op == "a deploy" {
+			return true
+		}
+	}
+	return false
 }

@@ -171,3 +171,40 @@ func untar(t *testing.T, r io.ReadCloser, dir string) {
 		}
 	}
 }
+
+// TestOldReleasesAreCollected: beyond --keep-releases, a release's build
+// and image go (its history stays), while the kept ones still export and
+// roll back.
+func TestOldReleasesAreCollected(t *testing.T) {
+	s := startRuncServerWith(t, "--keep-releases", "2")
+	dir := copyApp(t, "static")
+	s.mustPier("launch", dir, "--name", "site", "--yes")
+	for i := 2; i <= 3; i++ {
+		writeFile(t, filepath.Join(dir, "index.html"), fmt.Sprintf("release %d", i))
+		s.mustPier("deploy", dir)
+	}
+	s.mustGet("site", "/", "release 3")
+	var rels []struct {
+		Version int    `json:"version"`
+		BuildID string `json:"build_id"`
+	}
+	if err := json.Unmarshal([]byte(s.mustPier("releases", "-a", "site", "--json")), &rels); err != nil || len(rels) != 3 {
+		t.Fatalf("releases: %v %+v", err, rels)
+	}
+	for _, r := range rels {
+		_, err := os.Stat(filepath.Join(s.dataDir, "builds", "site", r.BuildID))
+		if kept := r.Version >= 2; kept != (err == nil) {
+			t.Errorf("v%d: build on disk = %v, want %v", r.Version, err == nil, kept)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "v.tar")
+	if msg, err := s.pier("releases", "export", "-a", "site", "v1", "-o", out); err == nil || !strings.Contains(msg, "no image") {
+		t.Errorf("export of a collected release: %v\n%s", err, msg)
+	}
+	s.mustPier("releases", "export", "-a", "site", "v2", "-o", out)
+	if msg, err := s.pier("rollback", "1", "-a", "site"); err == nil || !strings.Contains(msg, "no longer on disk") {
+		t.Errorf("rollback to a collected release: %v\n%s", err, msg)
+	}
+	s.mustPier("rollback", "2", "-a", "site")
+	s.mustGet("site", "/", "release 2")
+}
