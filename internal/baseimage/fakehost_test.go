@@ -37,6 +37,7 @@ func fakeHost(t *testing.T) string {
 		"hostfile":                                  "at the root",
 		"usr/lib/node_modules/npm/new.js":           "npm 11",
 		"usr/bin/node":                              "node",
+		"usr/bin/env":                               "env",
 	}
 	for p, data := range files {
 		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
@@ -88,6 +89,7 @@ func fakeHost(t *testing.T) string {
 		"ca-certificates": "/etc\n/etc/ssl\n/etc/ssl/certs\n/usr/share/ca-certificates/a.crt\n",
 		"netbase":         "/etc/services\n/etc/passwd-not-really\n",
 		"nodejs":          "/usr/bin/node\n/usr/lib/node_modules/npm\n/usr/lib/node_modules/npm/old.js\n",
+		"coreutils":       "/usr/bin/env\n",
 	}
 	for name, list := range lists {
 		status.WriteString("Package: " + name + "\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n\n")
@@ -187,11 +189,11 @@ func TestFakeHostChanges(t *testing.T) {
 		t.Errorf("netbase upgraded: base %s %v, before %s", third.ID, third.Packages, second.ID)
 	}
 
-	// The node base needs coreutils too, which this host lacks.
+	// The procfile base needs bash, which this host lacks.
 	b.specs = nil
-	_, err = b.Get(context.Background(), "node", nil)
-	if err == nil || err.Error() != "base image node needs coreutils: apt-get install coreutils" {
-		t.Errorf("node without coreutils: %v", err)
+	_, err = b.Get(context.Background(), "procfile", nil)
+	if err == nil || err.Error() != "base image procfile needs bash: apt-get install bash" {
+		t.Errorf("procfile without bash: %v", err)
 	}
 }
 

@@ -16,9 +16,11 @@ type spec struct {
 	Required, Optional []string
 }
 
-// minimal is what every base holds. tzdata and media-types are optional:
-// apps run without them, only less well.
-var minimalRequired = []string{"dash", "libc6", "ca-certificates", "netbase"}
+// minimal is what every base holds: a shell and the everyday commands
+// start commands use (env, sleep, cat: coreutils), libc, TLS roots.
+// tzdata and media-types are optional: apps run without them, only less
+// well.
+var minimalRequired = []string{"dash", "coreutils", "libc6", "ca-certificates", "netbase"}
 var minimalOptional = []string{"tzdata", "media-types"}
 
 // defaultSpecs returns the bases pier's builders run on, by name. The
@@ -26,18 +28,18 @@ var minimalOptional = []string{"tzdata", "media-types"}
 func defaultSpecs() map[string]spec {
 	return map[string]spec{
 		"minimal": {},
-		// Go apps are built static (CGO_ENABLED=0).
+		// Go binaries: static, or linked to libc alone (cgo's default).
 		"go": {Canonical: "minimal"},
 		// pier's file server comes in a layer of its own.
 		"static": {Canonical: "minimal"},
 		// nodesource's nodejs carries npm (apps start with "npm start"),
 		// whose launcher starts "#!/usr/bin/env node": env is coreutils'.
-		"node": {Required: []string{"nodejs", "coreutils"}},
+		"node": {Required: []string{"nodejs"}},
 		// Apps' venvs, made at build time in /app/.venv, link to /usr/bin/python3.
 		"python": {Required: []string{"python3"}, Optional: []string{"python3-venv"}},
 		// A Procfile may start anything: the broad base.
 		"procfile": {
-			Required: []string{"bash", "coreutils"},
+			Required: []string{"bash"},
 			Optional: []string{"nodejs", "python3", "python3-venv"},
 		},
 	}
