@@ -23,15 +23,20 @@ func (e *env) launchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "launch [DIR]",
 		Short: "Detect, configure, build and deploy the app in DIR (default .)",
-		Long: `Launch a new app from source: detect what it is (Go, Node, Python, static
-site or Procfile), write pier.toml, create the app, build it, deploy it and
-print its URL.
+		Long: `Launch a new app from source: detect what it is (Dockerfile, Go, Node,
+Python, static site or Procfile), write pier.toml, create the app, build it,
+deploy it and print its URL.
 
-Detection: go.mod → Go; package.json → Node (npm ci / npm install, started
-with scripts.start or main); requirements.txt, pyproject.toml, app.py or
-main.py → Python; Procfile → its web: command; index.html → a static site
-served by pier. A Procfile's web: line wins for the start command;
-[build] in pier.toml overrides both.
+Detection: Dockerfile → built from it (RUN steps in build machines, started
+with its ENTRYPOINT/CMD on its lowest EXPOSEd port); go.mod → Go; package.json
+→ Node (npm ci / npm install, started with scripts.start or main);
+requirements.txt, pyproject.toml, app.py or main.py → Python; Procfile → its
+web: command; index.html → a static site served by pier. A Procfile's web:
+line wins for the start command; [build] in pier.toml overrides both.
+
+Builds run in isolated build machines (under the runc runtime) and become an
+OCI image: a base made from the host's Debian packages plus the app at /app.
+See pier releases --help for where images go.
 
 Resources: when the code evidently uses Postgres (pgx, lib/pq, pg, psycopg,
 asyncpg), Redis (go-redis, redis, ioredis) or S3 (the AWS SDKs, minio), launch
