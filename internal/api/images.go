@@ -49,7 +49,7 @@ func (s *Server) exportImage(w http.ResponseWriter, r *http.Request) {
 	tag := fmt.Sprintf("v%d", version)
 	img, err := s.Plane.Images.Image(ctx, app, tag)
 	if errors.Is(err, imagestore.ErrNotFound) {
-		writeError(w, pier.Errorf(pier.NotFound, "release %s of %s has no image (it was built before pier kept images): deploy again to make one", tag, app), s.Log)
+		writeError(w, pier.Errorf(pier.NotFound, "release %s of %s has no image: it was built before pier made images, collected (beyond --keep-releases), or built by a server that runs apps as host processes; deploy again under the runc runtime to make one", tag, app), s.Log)
 		return
 	}
 	if err != nil {

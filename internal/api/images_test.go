@@ -177,7 +177,7 @@ func TestExportImageErrors(t *testing.T) {
 		status               int
 		says                 string
 	}{
-		{"web", "v1", "docker", 404, "release v1 of web has no image (it was built before pier kept images): deploy again"},
+		{"web", "v1", "docker", 404, "release v1 of web has no image: it was built before pier made images"},
 		{"web", "v9", "docker", 404, "release v9 of web not found"},
 		{"web", "vx", "docker", 400, "use vN, N or current"},
 		{"web", "0", "docker", 400, "use vN, N or current"},
