@@ -116,16 +116,7 @@ func (s *Sandbox) Run(ctx context.Context, st Step) error {
 			return err
 		}
 	}
-	res := s.Resources
-	if res.CPUs <= 0 {
-		res.CPUs = float64(goruntimeNumCPU())
-	}
-	if res.MemoryMB <= 0 {
-		res.MemoryMB = DefaultBuildMemoryMB
-	}
-	if res.Pids <= 0 {
-		res.Pids = DefaultBuildPids
-	}
+	res := s.limits()
 	out := &lockedWriter{w: st.Out}
 	spec := runtime.Spec{
 		ID: st.ID, App: st.App,
@@ -141,6 +132,12 @@ func (s *Sandbox) Run(ctx context.Context, st Step) error {
 		Resources:    res,
 		DenyOutbound: st.NoNetwork,
 	}
+	return s.runMachine(ctx, spec)
+}
+
+// runMachine starts a build machine and waits for it; the context's end
+// kills it. The error says how it failed: its exit, or its memory limit.
+func (s *Sandbox) runMachine(ctx context.Context, spec runtime.Spec) error {
 	proc, err := s.Machines.Start(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("start build machine: %w", err)
@@ -157,7 +154,7 @@ func (s *Sandbox) Run(ctx context.Context, st Step) error {
 	}
 	switch {
 	case exit.OOMKilled:
-		return pier.Errorf(pier.Failed, "ran out of memory (build machines have %d MB)", res.MemoryMB)
+		return pier.Errorf(pier.Failed, "ran out of memory (build machines have %d MB)", spec.Resources.MemoryMB)
 	case exit.Code != 0 || exit.Signal != "":
 		return fmt.Errorf("%s", exit)
 	}

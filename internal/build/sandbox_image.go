@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"syscall"
 
-	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/runtime"
 )
 
@@ -37,27 +35,7 @@ func (s *Sandbox) RunImage(ctx context.Context, spec runtime.Spec) error {
 		out := &lockedWriter{w: spec.Stdout}
 		spec.Stdout, spec.Stderr = out, out
 	}
-	proc, err := s.Machines.Start(ctx, spec)
-	if err != nil {
-		return fmt.Errorf("start build machine: %w", err)
-	}
-	done := make(chan runtime.Exit, 1)
-	go func() { done <- proc.Wait() }()
-	var exit runtime.Exit
-	select {
-	case exit = <-done:
-	case <-ctx.Done():
-		proc.Signal(syscall.SIGKILL)
-		<-done
-		return context.Cause(ctx)
-	}
-	switch {
-	case exit.OOMKilled:
-		return pier.Errorf(pier.Failed, "ran out of memory (build machines have %d MB)", spec.Resources.MemoryMB)
-	case exit.Code != 0 || exit.Signal != "":
-		return fmt.Errorf("%s", exit)
-	}
-	return nil
+	return s.runMachine(ctx, spec)
 }
 
 // limits are a build step's cgroup limits: the sandbox's, with defaults.
