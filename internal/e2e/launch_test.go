@@ -80,7 +80,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"nothing detectable", []string{"launch", empty, "--name", "empty", "--yes"}, "no app detected in " + empty + ": add a go.mod, package.json"},
+		{"nothing detectable", []string{"launch", empty, "--name", "empty", "--yes"}, "no app detected in " + empty + ": add a Dockerfile, go.mod, package.json"},
 		{"invalid app name", []string{"launch", copyApp(t, "go"), "--name", "Bad_Name", "--yes"}, `invalid app name "Bad_Name"`},
 		{"unknown pier.toml key", []string{"launch", badKey, "--yes"}, "pier.toml:4: deploy.stratgy: unknown key"},
 		{"no --yes without a terminal", []string{"launch", copyApp(t, "go"), "--name", "prompted"}, "pass --yes"},
