@@ -8,7 +8,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/pier-dev/pier/internal/pier"
 )
@@ -77,47 +79,77 @@ func Pack(dir string, w io.Writer) error {
 	return gz.Close()
 }
 
-// MaxSourceBytes bounds the unpacked size of an uploaded source tree.
-const MaxSourceBytes = 1 << 30
+// MaxSourceBytes bounds the unpacked size of an uploaded source tree, and
+// MaxSourceEntries its number of files, directories and links (a small
+// upload of empty files could otherwise fill the host's inodes).
+const (
+	MaxSourceBytes   = 1 << 30
+	MaxSourceEntries = 50_000
+)
 
-// Extract unpacks a stream written by Pack into dir. Entries that would land
-// outside dir (absolute paths, "..", links pointing out) are rejected.
+// maxLinkHops bounds how many links resolving one path may follow, as the
+// kernel's ELOOP does.
+const maxLinkHops = 40
+
+// Extract unpacks a stream written by Pack into dir, which should be empty.
+// Nothing is ever written outside dir, whatever the archive holds: every
+// write goes through an os.Root opened on dir, entries under a link are
+// refused (Pack never writes one), and once all entries are in, every link
+// is resolved inside the tree, link by link, and the upload is refused if one
+// would lead out of it. On an error dir may hold a partial tree; the caller
+// removes it.
 func Extract(r io.Reader, dir string) error {
 	gz, err := gzip.NewReader(r)
 	if err != nil {
 		return pier.Errorf(pier.Invalid, "source upload is not a gzipped tar stream: %v", err)
 	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("extract source: %w", err)
+	}
+	defer root.Close()
 	tr := tar.NewReader(gz)
 	var total int64
-	for {
+	links := map[string]bool{} // slash paths of the links made so far
+	for entries := 1; ; entries++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return nil
+			break
 		}
 		if err != nil {
 			return pier.Errorf(pier.Invalid, "read source upload: %v", err)
 		}
-		name := filepath.FromSlash(hdr.Name)
-		if !filepath.IsLocal(name) {
+		if entries > MaxSourceEntries {
+			return pier.Errorf(pier.Invalid, "source has more than %d files and directories; leave generated files and data out of the deploy (node_modules, .git and .venv already are)", MaxSourceEntries)
+		}
+		name := path.Clean(strings.TrimSuffix(hdr.Name, "/"))
+		if !filepath.IsLocal(filepath.FromSlash(name)) {
 			return pier.Errorf(pier.Invalid, "source upload has an unsafe path %q", hdr.Name)
 		}
-		target := filepath.Join(dir, name)
+		for p := path.Dir(name); p != "."; p = path.Dir(p) {
+			if links[p] {
+				return pier.Errorf(pier.Invalid, "source upload has %q under the link %q; a source tree never has entries inside a link", hdr.Name, p)
+			}
+		}
+		local := filepath.FromSlash(name)
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o755); err != nil {
-				return err
+			if err := root.MkdirAll(local, 0o755); err != nil {
+				return extractErr(hdr.Name, err)
 			}
 		case tar.TypeReg:
 			total += hdr.Size
 			if total > MaxSourceBytes {
-				return pier.Errorf(pier.Invalid, "source is larger than %d MiB; add build outputs and data to .gitignore-like exclusions or deploy a smaller tree", MaxSourceBytes>>20)
+				return pier.Errorf(pier.Invalid, "source is larger than %d MiB; leave build outputs and data out of the deploy", MaxSourceBytes>>20)
 			}
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return err
+			if err := root.MkdirAll(filepath.Dir(local), 0o755); err != nil {
+				return extractErr(hdr.Name, err)
 			}
-			f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, fs.FileMode(hdr.Mode)&0o777|0o600)
+			// O_EXCL: a second entry of the same name (a link, say) is
+			// never written through.
+			f, err := root.OpenFile(local, os.O_CREATE|os.O_EXCL|os.O_WRONLY|noFollow, fs.FileMode(hdr.Mode)&0o777|0o600)
 			if err != nil {
-				return err
+				return extractErr(hdr.Name, err)
 			}
 			_, err = io.Copy(f, tr)
 			if cerr := f.Close(); err == nil {
@@ -127,18 +159,75 @@ func Extract(r io.Reader, dir string) error {
 				return fmt.Errorf("write %s: %w", hdr.Name, err)
 			}
 		case tar.TypeSymlink:
-			dest := filepath.Join(filepath.Dir(name), hdr.Linkname)
-			if filepath.IsAbs(hdr.Linkname) || !filepath.IsLocal(dest) {
+			target := filepath.FromSlash(hdr.Linkname)
+			if hdr.Linkname == "" || filepath.IsAbs(target) || !filepath.IsLocal(filepath.Join(filepath.Dir(local), target)) {
 				return pier.Errorf(pier.Invalid, "source upload has a link %q pointing outside the app (%q)", hdr.Name, hdr.Linkname)
 			}
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return err
+			if err := root.MkdirAll(filepath.Dir(local), 0o755); err != nil {
+				return extractErr(hdr.Name, err)
 			}
-			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return err
+			if err := root.Symlink(hdr.Linkname, local); err != nil {
+				return extractErr(hdr.Name, err)
 			}
+			links[name] = true
 		default:
 			// other entry types carry nothing a build needs
 		}
 	}
+	// A link that looks local may still lead out through other links
+	// (a/b -> .., x -> a/b/..): resolve each one inside the tree.
+	for l := range links {
+		if _, err := resolveInside(root, l); err != nil {
+			return pier.Errorf(pier.Invalid, "source upload has a link %q that leads outside the app: %v", l, err)
+		}
+	}
+	return nil
+}
+
+// extractErr reports a write the tree refused (an escape os.Root caught, a
+// duplicate entry) as bad input.
+func extractErr(name string, err error) error {
+	return pier.Errorf(pier.Invalid, "source upload entry %q cannot be written: %v", name, err)
+}
+
+// resolveInside resolves the slash path p (relative to root) the way the
+// kernel would, following links one component at a time, and fails if the
+// walk would ever leave root or follows more than maxLinkHops links.
+// Components that do not exist are taken as they are.
+func resolveInside(root *os.Root, p string) (string, error) {
+	var done []string // the resolved components so far
+	todo := strings.Split(p, "/")
+	hops := 0
+	for len(todo) > 0 {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) == 0 {
+				return "", errors.New("it climbs above the app's root")
+			}
+			done = done[:len(done)-1]
+			continue
+		}
+		cur := path.Join(append(append([]string{}, done...), c)...)
+		fi, err := root.Lstat(filepath.FromSlash(cur))
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			done = append(done, c)
+			continue
+		}
+		if hops++; hops > maxLinkHops {
+			return "", errors.New("too many levels of links")
+		}
+		target, err := root.Readlink(filepath.FromSlash(cur))
+		if err != nil {
+			return "", err
+		}
+		if path.IsAbs(target) {
+			return "", fmt.Errorf("%s points to the absolute path %s", cur, target)
+		}
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	return path.Join(done...), nil
 }

@@ -6,6 +6,8 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -148,6 +150,99 @@ func TestExtractRejectsEscapes(t *testing.T) {
 	if err := Extract(strings.NewReader("not gzip"), t.TempDir()); pier.KindOf(err) != pier.Invalid {
 		t.Fatalf("garbage upload: %v", err)
 	}
+}
+
+// TestExtractLinkChainsStayInside is the red team's tar slip: links that
+// each look local on their own but, chained, lead out of the upload dir,
+// then a file written through them. Nothing may land outside, and the
+// upload is refused.
+func TestExtractLinkChainsStayInside(t *testing.T) {
+	link := func(name, target string) *tar.Header {
+		return &tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target}
+	}
+	file := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644} }
+	dir := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755} }
+	tests := map[string][]*tar.Header{
+		"red team chain": {dir("a"), link("a/b", ".."), link("a/b/c", ".."), link("x", "a/b/c/.."), link("y", "x/.."), file("y/evil")},
+		"file under a link to a dir": {dir("a"), link("a/b", ".."), file("a/b/evil")},
+		"dir under a link":           {dir("a"), link("a/b", ".."), dir("a/b/sub"), file("a/b/sub/evil")},
+		"link through a link":        {dir("a"), dir("a/d"), link("a/d/up", ".."), link("a/x", "d/up/../.."), file("ok")},
+		"file over a link":           {link("l", "f"), file("l")},
+		"loop":                       {link("p", "q"), link("q", "p/r")},
+	}
+	for name, hdrs := range tests {
+		t.Run(name, func(t *testing.T) {
+			// outer/in is the upload dir; outer/in2 and outer/evil must
+			// stay absent.
+			outer := t.TempDir()
+			dst := filepath.Join(outer, "in")
+			os.Mkdir(dst, 0o755)
+			err := Extract(tarOf(t, hdrs...), dst)
+			if pier.KindOf(err) != pier.Invalid {
+				t.Fatalf("Extract = %v, want an Invalid error", err)
+			}
+			filepath.WalkDir(outer, func(p string, d fs.DirEntry, err error) error {
+				if err == nil && p != outer && p != dst && !strings.HasPrefix(p, dst+string(filepath.Separator)) {
+					t.Errorf("%s was written outside the upload dir", p)
+				}
+				return err
+			})
+		})
+	}
+	t.Run("links inside the tree are kept", func(t *testing.T) {
+		dst := t.TempDir()
+		err := Extract(tarOf(t, dir("a"), dir("a/d"), file("a/d/f"), link("a/up", "d/../d/f"), link("top", "a/d"), link("dangling", "not/yet")), dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dst, "top", "f")); err != nil || string(b) != "x" {
+			t.Fatalf("top/f = %q, %v", b, err)
+		}
+	})
+}
+
+func TestExtractBoundsEntries(t *testing.T) {
+	hdrs := make([]*tar.Header, MaxSourceEntries+1)
+	for i := range hdrs {
+		// FIFOs are counted and never made: the test stays quick.
+		hdrs[i] = &tar.Header{Name: fmt.Sprintf("f%d", i), Typeflag: tar.TypeFifo, Mode: 0o644}
+	}
+	dst := t.TempDir()
+	err := Extract(tarOf(t, hdrs...), dst)
+	if pier.KindOf(err) != pier.Invalid || !strings.Contains(err.Error(), "more than 50000 files") {
+		t.Fatalf("Extract = %v, want the entry limit", err)
+	}
+}
+
+// FuzzExtract feeds Extract arbitrary tar streams: it must never write
+// outside its dir, nor panic.
+func FuzzExtract(f *testing.F) {
+	f.Add([]byte("a\x00"), "..", "a/b/evil")
+	f.Add([]byte("x"), "a/b/c/..", "y/evil")
+	f.Fuzz(func(t *testing.T, body []byte, linkTarget, name string) {
+		outer := t.TempDir()
+		dst := filepath.Join(outer, "in")
+		os.Mkdir(dst, 0o755)
+		var buf bytes.Buffer
+		gz := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(gz)
+		parts := strings.Split(name, "/")
+		for i := range parts {
+			p := strings.Join(parts[:i+1], "/")
+			tw.WriteHeader(&tar.Header{Name: p + "l", Typeflag: tar.TypeSymlink, Linkname: linkTarget})
+			tw.WriteHeader(&tar.Header{Name: p, Typeflag: tar.TypeDir, Mode: 0o755})
+		}
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+		tw.Write(body)
+		tw.WriteHeader(&tar.Header{Name: strings.ReplaceAll(name, "/", "l/") + "2", Typeflag: tar.TypeReg, Mode: 0o644})
+		tw.Close()
+		gz.Close()
+		Extract(&buf, dst)
+		entries, _ := os.ReadDir(outer)
+		if len(entries) != 1 {
+			t.Fatalf("Extract wrote outside its dir: %v", entries)
+		}
+	})
 }
 
 func TestBuildFailureLeavesNothingAndSuccessIsStored(t *testing.T) {
