@@ -163,7 +163,7 @@ func TestExtractLinkChainsStayInside(t *testing.T) {
 	file := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644} }
 	dir := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755} }
 	tests := map[string][]*tar.Header{
-		"red team chain": {dir("a"), link("a/b", ".."), link("a/b/c", ".."), link("x", "a/b/c/.."), link("y", "x/.."), file("y/evil")},
+		"red team chain":             {dir("a"), link("a/b", ".."), link("a/b/c", ".."), link("x", "a/b/c/.."), link("y", "x/.."), file("y/evil")},
 		"file under a link to a dir": {dir("a"), link("a/b", ".."), file("a/b/evil")},
 		"dir under a link":           {dir("a"), link("a/b", ".."), dir("a/b/sub"), file("a/b/sub/evil")},
 		"link through a link":        {dir("a"), dir("a/d"), link("a/d/up", ".."), link("a/x", "d/up/../.."), file("ok")},
