@@ -45,7 +45,7 @@ func (d *Driver) Restore(ctx context.Context, inst resources.Instance, r io.Read
 	if err != nil {
 		return err
 	}
-	_, err = conn.Exec(ctx, `SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, db)
+	_, err = conn.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()`, db)
 	conn.Close(ctx)
 	if err != nil {
 		return fmt.Errorf("restore postgres resource %s: end sessions: %w", inst.Name, err)

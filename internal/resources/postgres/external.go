@@ -51,7 +51,7 @@ func setupExternal(ctx context.Context, inst resources.Instance, db string, crea
 func (d *Driver) externalDatabase(ctx context.Context, conn *pgx.Conn, inst resources.Instance) (string, bool, error) {
 	db := databaseName(inst)
 	var comment *string
-	err := conn.QueryRow(ctx, `SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1`, db).Scan(&comment)
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = $1`, db).Scan(&comment)
 	switch {
 	case err == nil:
 		// A database pier made in an interrupted Provision is still pier's.
@@ -60,7 +60,7 @@ func (d *Driver) externalDatabase(ctx context.Context, conn *pgx.Conn, inst reso
 		return "", false, fmt.Errorf("look up database %s: %w", db, err)
 	}
 	var canCreate bool
-	if err := conn.QueryRow(ctx, `SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user`).Scan(&canCreate); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT rolsuper OR rolcreatedb FROM pg_catalog.pg_roles WHERE rolname = current_user`).Scan(&canCreate); err != nil {
 		return "", false, fmt.Errorf("look up admin role: %w", err)
 	}
 	if canCreate {
@@ -76,7 +76,7 @@ func (d *Driver) externalDatabase(ctx context.Context, conn *pgx.Conn, inst reso
 		return "", false, fmt.Errorf("database %s does not exist and the admin_url's role may not create databases; create it, or grant CREATEDB", db)
 	}
 	var current string
-	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&current); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_database()`).Scan(&current); err != nil {
 		return "", false, err
 	}
 	return current, false, nil
@@ -108,7 +108,7 @@ func (d *Driver) dropExternalDatabase(ctx context.Context, inst resources.Instan
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var current string
-	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&current); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_database()`).Scan(&current); err != nil {
 		return err
 	}
 	if current == db {
@@ -118,7 +118,7 @@ func (d *Driver) dropExternalDatabase(ctx context.Context, inst resources.Instan
 		}
 	}
 	var comment *string
-	err = conn.QueryRow(ctx, `SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1`, db).Scan(&comment)
+	err = conn.QueryRow(ctx, `SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = $1`, db).Scan(&comment)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
@@ -149,7 +149,7 @@ func dropExternalRoles(ctx context.Context, inst resources.Instance, db string) 
 		}
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	rows, err := conn.Query(ctx, `SELECT rolname FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1 ORDER BY rolcanlogin DESC, rolname`, marker(inst))
+	rows, err := conn.Query(ctx, `SELECT rolname FROM pg_catalog.pg_roles WHERE pg_catalog.shobj_description(oid, 'pg_authid') = $1 ORDER BY rolcanlogin DESC, rolname`, marker(inst))
 	if err != nil {
 		return fmt.Errorf("list pier's roles: %w", err)
 	}
@@ -160,7 +160,7 @@ func dropExternalRoles(ctx context.Context, inst resources.Instance, db string) 
 	if len(roles) == 0 {
 		return nil
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = ANY($1) AND pid <> pg_backend_pid()`, roles); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE usename = ANY($1) AND pid <> pg_catalog.pg_backend_pid()`, roles); err != nil {
 		return fmt.Errorf("end sessions of pier's roles: %w", err)
 	}
 	// One role at a time: DROP OWNED BY with several roles fails when two

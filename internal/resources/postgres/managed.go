@@ -132,12 +132,25 @@ func connectAs(ctx context.Context, inst resources.Instance, password, db string
 	if err != nil {
 		return nil, err
 	}
-	conn, err := pgx.Connect(ctx, u)
+	cfg, err := pgx.ParseConfig(u)
+	if err != nil {
+		return nil, fmt.Errorf("postgres resource %s: admin connection settings: %w", inst.Name, err)
+	}
+	// Connected roles can create functions and operators in schemas they
+	// own; pier's admin (often a superuser) must never resolve a name to
+	// one of them. The startup parameter overrides any ALTER ROLE or
+	// ALTER DATABASE ... SET search_path, and pg_temp last keeps temporary
+	// objects out of the way too. Queries also name pg_catalog themselves.
+	cfg.RuntimeParams["search_path"] = adminSearchPath
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres resource %s as its admin: %w", inst.Name, err)
 	}
 	return conn, nil
 }
+
+// adminSearchPath is the search_path of every admin session pier opens.
+const adminSearchPath = "pg_catalog, pg_temp"
 
 // Provision creates the resource: a new server for a managed resource, a
 // database and roles on the server of an external one.
@@ -368,7 +381,7 @@ func createDatabase(ctx context.Context, inst resources.Instance, password, db s
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
 		return fmt.Errorf("look up database %s: %w", db, err)
 	}
 	// Apps connect to their database only: not to those initdb made.

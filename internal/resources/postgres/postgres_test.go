@@ -657,3 +657,72 @@ func BenchmarkProvision(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// TestAdminAccessCannotHijackPierAdmin is the red team's escalation: an app
+// with admin access owns schema public, so it plants functions there that
+// outrank the catalog's for the calls pier's admin session makes
+// (pg_terminate_backend(int, int) over (int, bigint); shobj_description
+// (oid, text) over (oid, name) for an untyped literal). Run as pier's
+// superuser, they would make the app a superuser. Grant and revoke
+// afterwards must never run them.
+func TestAdminAccessCannotHijackPierAdmin(t *testing.T) {
+	requirePostgres(t)
+	d := newDriver(t)
+	inst := provision(t, d, newInstance(t, "hijack-db"))
+	evil := grant(t, d, inst, "evil", resources.Admin)
+	conn := connect(t, evil["url"])
+	body := `BEGIN
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pwned') THEN
+			EXECUTE 'CREATE ROLE pwned SUPERUSER LOGIN PASSWORD ''pwned''';
+		END IF;
+		INSERT INTO public.ran VALUES (current_user);
+		RETURN %s;
+	END`
+	mustExec(t, conn, `CREATE TABLE public.ran (who text)`)
+	mustExec(t, conn, `GRANT INSERT ON public.ran TO PUBLIC`)
+	mustExec(t, conn, `CREATE FUNCTION public.pg_terminate_backend(integer, integer) RETURNS boolean LANGUAGE plpgsql AS $f$`+
+		fmt.Sprintf(body, "false")+`$f$`)
+	mustExec(t, conn, `CREATE FUNCTION public.shobj_description(oid, text) RETURNS text LANGUAGE plpgsql AS $f$`+
+		fmt.Sprintf(body, "pg_catalog.shobj_description($1, $2::name)")+`$f$`)
+	mustExec(t, conn, `GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO PUBLIC`)
+	// The app's own sessions, and the owner group's, also ask for them.
+	mustExec(t, conn, `ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog`)
+
+	// pier's admin now grants (ensureRole: shobj_description) and revokes
+	// (dropLogin: both) as it does on connect and disconnect.
+	grant(t, d, inst, "other", resources.ReadWrite)
+	if err := d.Revoke(t.Context(), inst, resources.Grant{App: "other", Access: resources.ReadWrite}, nil); err != nil {
+		t.Fatalf("revoke other: %v", err)
+	}
+	if err := d.Revoke(t.Context(), inst, resources.Grant{App: "evil", Access: resources.Admin}, evil); err != nil {
+		t.Fatalf("revoke evil: %v", err)
+	}
+
+	su, err := connectAs(t.Context(), inst, inst.Admin["password"], inst.Admin["database"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer su.Close(context.Background())
+	var supers []string
+	rows, err := su.Query(t.Context(), `SELECT rolname FROM pg_catalog.pg_roles WHERE rolsuper AND rolname <> current_user AND rolname <> 'postgres'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if supers, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(supers) > 0 {
+		t.Errorf("superusers made by the app's functions: %v", supers)
+	}
+	var ran []string
+	rows, err = su.Query(t.Context(), `SELECT who FROM public.ran`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ran, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(ran) > 0 {
+		t.Errorf("pier's admin session ran the app's functions as %v", ran)
+	}
+}

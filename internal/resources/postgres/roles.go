@@ -109,7 +109,7 @@ func hmacSHA256(key []byte, msg string) []byte {
 // make. It reports whether the role was created.
 func ensureRole(ctx context.Context, tx pgx.Tx, role, options, mark string) (bool, error) {
 	var comment *string
-	err := tx.QueryRow(ctx, `SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1`, role).Scan(&comment)
+	err := tx.QueryRow(ctx, `SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1`, role).Scan(&comment)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		if _, err := tx.Exec(ctx, "CREATE ROLE "+ident(role)+" "+options); err != nil {
@@ -143,7 +143,7 @@ func setupDatabase(ctx context.Context, conn *pgx.Conn, inst resources.Instance,
 		}
 		var admin string
 		var super bool
-		if err := tx.QueryRow(ctx, `SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&admin, &super); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT current_user, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user`).Scan(&admin, &super); err != nil {
 			return fmt.Errorf("look up admin role: %w", err)
 		}
 		stmts := grantStatements(g, db, admin, own, super)
@@ -322,7 +322,7 @@ func (d *Driver) Revoke(ctx context.Context, inst resources.Instance, gr resourc
 
 func dropLogin(ctx context.Context, conn *pgx.Conn, inst resources.Instance, login, owner string) error {
 	var comment *string
-	err := conn.QueryRow(ctx, `SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1`, login).Scan(&comment)
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1`, login).Scan(&comment)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
@@ -337,7 +337,7 @@ func dropLogin(ctx context.Context, conn *pgx.Conn, inst resources.Instance, log
 	if _, err := conn.Exec(ctx, "ALTER ROLE "+ident(login)+" NOLOGIN"); err != nil {
 		return fmt.Errorf("disable role %s: %w", login, err)
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`, login); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()`, login); err != nil {
 		return fmt.Errorf("end sessions of %s: %w", login, err)
 	}
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
