@@ -290,8 +290,10 @@ func (c *Config) validate() error {
 		if ch.Type == "http" && ch.Path == "" {
 			return bad(key+".path", "an http check needs a path, like \"/healthz\"")
 		}
-		if ch.Path != "" && !strings.HasPrefix(ch.Path, "/") {
-			return bad(key+".path", "path %q must start with /", ch.Path)
+		if ch.Path != "" {
+			if err := pier.CheckPath(ch.Path); err != nil {
+				return bad(key+".path", "%v", err)
+			}
 		}
 		for k, v := range map[string]string{"interval": ch.Interval, "timeout": ch.Timeout} {
 			if _, err := duration(v, time.Millisecond); err != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -166,6 +167,15 @@ func TestMachinesAPI(t *testing.T) {
 		code = s.apiCall("POST", base, map[string]any{"config": map[string]any{"image": "oci:/nonexistent/layout"}}, &e)
 		if code != 400 || !strings.Contains(e.Error, "does not exist") {
 			t.Errorf("missing image: %d %q", code, e.Error)
+		}
+		// A check path that names another host would turn the check into
+		// a request from the host to pier's own API (SSRF).
+		for _, p := range []string{"@127.0.0.1:" + strconv.Itoa(s.apiPort) + "/v1/status", "//127.0.0.1/", "/x HTTP/1.1\r\nHost: evil"} {
+			code = s.apiCall("POST", base, map[string]any{"config": map[string]any{"image": ref,
+				"checks": map[string]any{"ssrf": map[string]any{"type": "http", "port": 8080, "path": p}}}}, &e)
+			if code != 400 || !strings.Contains(e.Error, "checks.ssrf.path") {
+				t.Errorf("check path %q: %d %q, want 400 naming checks.ssrf.path", p, code, e.Error)
+			}
 		}
 		var list []apiMachine
 		s.apiCall("GET", base, nil, &list)

@@ -209,7 +209,11 @@ func runCheck(ip string, c Check) error {
 		return conn.Close()
 	}
 	client := &http.Client{Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.Get("http://" + addr + c.Path)
+	u, err := pier.CheckURL(addr, c.Path)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Get(u.String())
 	if err != nil {
 		return err
 	}

@@ -208,6 +208,14 @@ func (c *Config) normalize() error {
 		if ch.Port < 1 || ch.Port > 65535 {
 			return bad("checks."+name+".port", "%d is not a port", ch.Port)
 		}
+		if ch.Type == "http" || ch.Path != "" {
+			if ch.Path == "" {
+				return bad("checks."+name+".path", "an http check needs a path, like \"/healthz\"")
+			}
+			if err := pier.CheckPath(ch.Path); err != nil {
+				return bad("checks."+name+".path", "%v", err)
+			}
+		}
 		for field, v := range map[string]string{"interval": ch.Interval, "timeout": ch.Timeout} {
 			if v == "" {
 				continue
