@@ -95,7 +95,7 @@ func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Request-Id", pr.In.Header.Get("X-Request-Id"))
-			pr.Out.Header.Del(MachineHeader)
+			StripInternal(pr.Out.Header)
 			if p.meshed {
 				// Over mTLS to the mesh's callee side, which sends the
 				// request to the machine this proxy chose.
@@ -122,6 +122,19 @@ func New(domain string, m *Metrics, log *slog.Logger) *Proxy {
 // MachineHeader names the machine the edge proxy chose, on requests it
 // sends through the mesh.
 const MachineHeader = "Pier-Machine"
+
+// StripInternal removes from h every header pier's own parts pass between
+// them (Pier-*, X-Pier-*) and the mesh's verified caller identity
+// (X-Forwarded-Client-Cert): a client of the edge must not be able to send
+// them in, whatever comes after the edge (the mesh's callee side, or the
+// app itself under the process runtime).
+func StripInternal(h http.Header) {
+	for k := range h {
+		if strings.HasPrefix(k, "Pier-") || strings.HasPrefix(k, "X-Pier-") || k == "X-Forwarded-Client-Cert" {
+			delete(h, k)
+		}
+	}
+}
 
 // UseMesh sends requests to machines through the mesh with rt, which
 // carries the edge proxy's own identity over mutual TLS: machines are

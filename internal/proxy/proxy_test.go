@@ -250,6 +250,15 @@ func TestForwardedHeaders(t *testing.T) {
 			"X-Forwarded-Host":  {"evil.test"},
 			"X-Forwarded-Proto": {"https"},
 		}, ""},
+		// Headers pier's parts pass between them: from a client of the
+		// edge they are forgeries.
+		{"spoofed internal headers", http.Header{
+			"Pier-Upstream-Proto":     {"h2"},
+			"Pier-Machine":            {"m-other"},
+			"Pier-Anything":           {"x"},
+			"X-Pier-Error":            {"x"},
+			"X-Forwarded-Client-Cert": {"By=spiffe://pier.internal/app/web;URI=spiffe://pier.internal/app/admin"},
+		}, ""},
 	}
 	hexID := regexp.MustCompile(`^[0-9a-f]{24}$`)
 	ids := map[string]bool{}
@@ -271,6 +280,11 @@ func TestForwardedHeaders(t *testing.T) {
 			}
 			if got := h.Get("X-Forwarded-Host"); got != "web.apps.test" {
 				t.Errorf("X-Forwarded-Host = %q, want web.apps.test", got)
+			}
+			for k := range h {
+				if strings.HasPrefix(k, "Pier-") || strings.HasPrefix(k, "X-Pier-") || k == "X-Forwarded-Client-Cert" {
+					t.Errorf("the client's %s: %q reached the machine", k, h[k])
+				}
 			}
 			if got := h.Get("Seen-Host"); got != "web.apps.test" {
 				t.Errorf("upstream saw Host %q, want the original web.apps.test", got)
