@@ -59,7 +59,7 @@ func (e *env) deployDir(ctx context.Context, c *client.Client, app, dir string) 
 		return err
 	}
 	fmt.Fprintf(e.stdout, "==> Uploading %s (%s compressed)\n", dir, pier.Bytes(int64(src.Len())))
-	rel, err := c.Deploy(ctx, app, &src, e.stdout)
+	rel, err := c.Deploy(ctx, app, &src, e.untrustedOut())
 	if err != nil {
 		return fmt.Errorf("deploy of %s failed: %w", app, err)
 	}

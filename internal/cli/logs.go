@@ -14,6 +14,12 @@ func (e *env) logsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "logs [APP]",
 		Short: "Show an app's output (and its builds'), with time and machine id",
+		Long: `Show an app's output (and its builds'), with time and machine id.
+
+On a terminal, control characters in what the app wrote (carriage returns,
+escape sequences) are shown escaped, as \r or \x1b, so an app cannot rewrite
+pier's prefixes or your terminal; in a pipe or file, and with --json, lines
+are as the app wrote them.`,
 		Example: `  pier logs
   pier logs web -f
   pier logs -n 1000 --json`,
@@ -24,12 +30,19 @@ func (e *env) logsCmd() *cobra.Command {
 				return err
 			}
 			enc := json.NewEncoder(e.stdout)
+			// An app's output may hold control characters that would
+			// rewrite the operator's terminal; --json keeps them as sent.
+			safe := isTerminal(e.stdout)
 			return c.Logs(cmd.Context(), app, lines, follow, func(l pier.LogLine) {
 				if asJSON {
 					enc.Encode(l)
 					return
 				}
-				fmt.Fprintf(e.stdout, "%s [%s] %s\n", l.Time.Local().Format("2006-01-02T15:04:05.000Z07:00"), l.Machine, l.Line)
+				line := l.Line
+				if safe {
+					line = termSafe(line)
+				}
+				fmt.Fprintf(e.stdout, "%s [%s] %s\n", l.Time.Local().Format("2006-01-02T15:04:05.000Z07:00"), l.Machine, line)
 			})
 		},
 	}
