@@ -156,6 +156,23 @@ func TestMesh(t *testing.T) {
 		if st := s.edgeStat("other", "api"); st.Denied != 2 {
 			t.Fatalf("denied after disconnect: %d, want 2", st.Denied)
 		}
+		// The connection is gone, not stuck "revoking": connecting again
+		// works (it used to say "already connected" for good).
+		eventually(t, 15*time.Second, "other -> api forgotten", func() error {
+			var conns []struct{ App, Target string }
+			out := s.mustPier("connections", "--json")
+			if err := json.Unmarshal([]byte(out), &conns); err != nil {
+				return fmt.Errorf("connections --json: %v: %s", err, out)
+			}
+			for _, c := range conns {
+				if c.App == "other" && c.Target == "api" {
+					return fmt.Errorf("connections still list other -> api:\n%s", out)
+				}
+			}
+			return nil
+		})
+		s.mustPier("connect", "other", "api")
+		s.mustPier("disconnect", "other", "api")
 	}
 
 	// learned graph: declared-and-used, declared-but-unused, denied

@@ -159,7 +159,7 @@ func (s *Store) DeleteConnection(ctx context.Context, app, target string) error 
 // the very row that was revoked (same sealed credentials, still marked), so
 // a reconnect made meanwhile is kept.
 func (s *Store) DeleteRevoked(ctx context.Context, app, target, keyID string, sealed []byte) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM connections WHERE app = ? AND target = ? AND status = 'revoking' AND key_id = ? AND sealed = ?`,
+	_, err := s.db.ExecContext(ctx, `DELETE FROM connections WHERE app = ? AND target = ? AND status = 'revoking' AND key_id = ? AND sealed IS ?`,
 		app, target, keyID, sealed)
 	return err
 }

@@ -1,0 +1,52 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pier-dev/pier/internal/pier"
+	"github.com/pier-dev/pier/internal/resources"
+)
+
+// TestDeleteRevokedAppConnection: an app-to-app connection has no sealed
+// credentials (NULL); once revoked its row must go, or reconnecting fails
+// with "already connected" forever.
+func TestDeleteRevokedAppConnection(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	for _, app := range []string{"web", "api"} {
+		if err := s.CreateApp(ctx, pier.App{Name: app, Count: 1, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []ConnectionRow{
+		{Connection: resources.Connection{App: "web", Target: "api", Kind: "app", Access: resources.Access("call"), As: "API", CreatedAt: time.Now()}, Status: ConnActive},
+		{Connection: resources.Connection{App: "api", Target: "web", Kind: "app", Access: resources.Access("call"), As: "WEB", CreatedAt: time.Now()}, Status: ConnActive, KeyID: "k1", Sealed: []byte("sealed")},
+	} {
+		if err := s.PutConnection(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetConnectionStatus(ctx, c.App, c.Target, ConnRevoking); err != nil {
+			t.Fatal(err)
+		}
+		row, err := s.Connection(ctx, c.App, c.Target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A different sealed value is a newer connection: it stays.
+		if err := s.DeleteRevoked(ctx, row.App, row.Target, row.KeyID, []byte("other")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Connection(ctx, c.App, c.Target); err != nil {
+			t.Fatalf("%s -> %s: a row with other credentials was deleted: %v", c.App, c.Target, err)
+		}
+		if err := s.DeleteRevoked(ctx, row.App, row.Target, row.KeyID, row.Sealed); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Connection(ctx, c.App, c.Target); pier.KindOf(err) != pier.NotFound {
+			t.Errorf("%s -> %s (sealed %q): still there after DeleteRevoked: %v", c.App, c.Target, c.Sealed, err)
+		}
+	}
+}
