@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,8 +37,7 @@ type inbound struct {
 	h1   *http.Transport // to machines, HTTP/1.1 with keep-alive
 	h2c  *http.Transport // to machines, HTTP/2 with prior knowledge
 
-	mu      sync.Mutex
-	tunnels map[metrics.Edge]map[net.Conn]struct{} // open TCP tunnels, to cut on revoke
+	calls *calls // open requests, upgraded connections and tunnels
 }
 
 // peer is a verified mTLS connection on the inbound side.
@@ -58,7 +56,7 @@ type (
 )
 
 func newInbound(m *Mesh) *inbound {
-	in := &inbound{m: m, tunnels: map[metrics.Edge]map[net.Conn]struct{}{}}
+	in := &inbound{m: m, calls: newCalls()}
 	in.h1 = &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -119,6 +117,11 @@ func newInbound(m *Mesh) *inbound {
 		Transport:  roundTripFunc(in.toMachine),
 		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if revoked(r.Context()) {
+				p := r.Context().Value(inKey{}).(*peer)
+				http.Error(w, denyMessage(p.src, p.dst), http.StatusForbidden)
+				return
+			}
 			if errors.Is(err, context.Canceled) {
 				w.WriteHeader(499)
 				return
@@ -260,7 +263,7 @@ func (in *inbound) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol == alpnTCP {
-		in.tunnel(ctx, tc, in.m.peerOf(tc))
+		in.tunnel(ctx, c, tc, in.m.peerOf(tc))
 		return
 	}
 	in.ln.push(tc)
@@ -290,6 +293,10 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.Context().Value(inKey{}).(*peer)
 	e := metrics.Edge{Src: p.src, Dst: p.dst}
 	rec := in.m.cfg.Metrics
+	// Tracked before the policy is read, so that a revocation cannot miss
+	// it (see calls).
+	cctx, done := trackCall(r.Context(), in.calls, e)
+	defer done()
 	if p.src != Edge && !in.m.cfg.Policy.Allowed(p.src, p.dst) {
 		rec.Denied(e)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -299,6 +306,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	route := metrics.Route{Method: r.Method, Path: r.URL.Path}
+	r = r.WithContext(cctx)
 	b, err := in.m.backendFor(r, p)
 	if err != nil {
 		code := http.StatusServiceUnavailable
@@ -328,18 +336,23 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = body
 	}
 	sw := &statusWriter{ResponseWriter: w}
+	// Deferred: ReverseProxy ends a call cut mid-answer by panicking with
+	// http.ErrAbortHandler, and the machine must still be told the call is
+	// over (or its in-flight count, which drains wait on, never drops).
+	defer func() {
+		d := time.Since(start)
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK // nothing written: net/http answers 200
+		}
+		if status == http.StatusBadGateway || status == 499 || retried || revoked(cctx) {
+			b.done(0)
+		} else {
+			b.done(d)
+		}
+		rec.Request(e, b.id, route, status, grpcFailed(sw.Header()), d, body.n.Load(), sw.n)
+	}()
 	in.rp.ServeHTTP(sw, r.WithContext(ctx))
-	d := time.Since(start)
-	status := sw.status
-	if status == 0 {
-		status = http.StatusOK // nothing written: net/http answers 200
-	}
-	if status == http.StatusBadGateway || status == 499 || retried {
-		b.done(0)
-	} else {
-		b.done(d)
-	}
-	rec.Request(e, b.id, route, status, grpcFailed(sw.Header()), d, body.n.Load(), sw.n)
 }
 
 // backendFor picks the machine of a call: the one the edge proxy chose
@@ -363,11 +376,14 @@ func grpcFailed(h http.Header) bool {
 	return s != "" && s != "0"
 }
 
-// tunnel forwards an opaque TCP connection to a machine of the callee.
-func (in *inbound) tunnel(ctx context.Context, tc *tls.Conn, p *peer) {
+// tunnel forwards an opaque TCP connection (tc, over raw) to a machine of
+// the callee.
+func (in *inbound) tunnel(ctx context.Context, raw net.Conn, tc *tls.Conn, p *peer) {
 	defer tc.Close()
 	e := metrics.Edge{Src: p.src, Dst: p.dst}
 	rec := in.m.cfg.Metrics
+	ctx, done := trackCall(ctx, in.calls, e)
+	defer done()
 	if !in.m.cfg.Policy.Allowed(p.src, p.dst) {
 		rec.Denied(e)
 		return
@@ -388,41 +404,14 @@ func (in *inbound) tunnel(ctx context.Context, tc *tls.Conn, p *peer) {
 		return
 	}
 	b.done(time.Since(start)) // the connect time is the machine's latency sample
-	in.track(e, tc, true)
-	defer in.track(e, tc, false)
+	// A cut closes both connections whole, not a half-close that would
+	// let one direction run on. The raw connection, not tc: closing tc
+	// may wait on a close_notify to a peer that does not read.
+	stop := context.AfterFunc(ctx, func() { raw.Close(); up.Close() })
+	defer stop()
 	fromCaller, fromMachine := pipe(tc, up)
 	up.Close()
 	rec.ConnClosed(e, b.id, time.Since(start), fromCaller, fromMachine, false)
-}
-
-func (in *inbound) track(e metrics.Edge, c net.Conn, open bool) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	set := in.tunnels[e]
-	if open {
-		if set == nil {
-			set = map[net.Conn]struct{}{}
-			in.tunnels[e] = set
-		}
-		set[c] = struct{}{}
-		return
-	}
-	delete(set, c)
-	if len(set) == 0 {
-		delete(in.tunnels, e)
-	}
-}
-
-// Revoke cuts the open TCP tunnels from src to dst; call it when a
-// connection is removed. HTTP requests are checked one by one, so the next
-// one is denied without this.
-func (m *Mesh) Revoke(src, dst string) {
-	in := m.in
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	for c := range in.tunnels[metrics.Edge{Src: src, Dst: dst}] {
-		c.Close()
-	}
 }
 
 type countingBody struct {

@@ -22,7 +22,10 @@
 // and WebSocket are understood per request and multiplexed over pooled
 // connections between the two sides; anything else is tunnelled as opaque
 // TCP with connection-level metrics. The callee receives the verified
-// caller in X-Forwarded-Client-Cert (Envoy's format).
+// caller in X-Forwarded-Client-Cert (Envoy's format). Both sides track
+// every open call by edge, so that removing a connection (Revoke) ends the
+// calls it allowed at once: WebSockets, tunnels and answers still
+// streaming, not only the calls that begin afterwards.
 //
 // Both sides live in the pier server process today, so the mTLS hop
 // crosses loopback; the split is what lets the two sides sit on different
@@ -128,6 +131,10 @@ type Config struct {
 	// machine holds yet waits for the machine to be known (a machine may
 	// call out before its start is recorded; default 2s).
 	WaitForCaller time.Duration
+	// RecheckEvery is how often the open calls are checked against the
+	// policy again, and those it no longer allows cut (default 10s): a
+	// backstop, as a revoked connection is cut at once through Revoke.
+	RecheckEvery time.Duration
 }
 
 // Mesh is the data plane. Machines join it as they start (Join/Leave),
@@ -159,6 +166,9 @@ func New(cfg Config) *Mesh {
 	if cfg.WaitForCaller == 0 {
 		cfg.WaitForCaller = 2 * time.Second
 	}
+	if cfg.RecheckEvery == 0 {
+		cfg.RecheckEvery = 10 * time.Second
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -182,8 +192,9 @@ func (m *Mesh) Serve(ctx context.Context, inbound, outbound net.Listener) error 
 	m.mu.Unlock()
 	m.out.start()
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); m.in.serve(ctx, inbound) }()
+	go func() { defer wg.Done(); m.recheck(ctx) }()
 	if outbound != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); m.out.serve(ctx, outbound) }()

@@ -70,13 +70,21 @@ type fixture struct {
 // is backend, and web may call api.
 func newFixture(t *testing.T, backend string) *fixture {
 	t.Helper()
+	return newFixtureWith(t, backend, func(*Config) {})
+}
+
+// newFixtureWith is newFixture with the mesh's Config changed by edit.
+func newFixtureWith(t *testing.T, backend string, edit func(*Config)) *fixture {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ca, err := identity.Open(ctx, &memStore{}, identity.Options{TrustDomain: "test.pier"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := &fixture{ca: ca, rec: metrics.New(prometheus.NewRegistry(), metrics.Options{}), policy: &allow{m: map[[2]string]bool{{"web", "api"}: true}}}
-	f.m = New(Config{Identities: ca, Policy: f.policy, Metrics: f.rec, Log: slog.New(slog.DiscardHandler), WaitForBackend: time.Second})
+	cfg := Config{Identities: ca, Policy: f.policy, Metrics: f.rec, Log: slog.New(slog.DiscardHandler), WaitForBackend: time.Second}
+	edit(&cfg)
+	f.m = New(cfg)
 	f.m.SetService("web", netip.MustParseAddr("100.127.0.1"))
 	f.m.SetService("api", netip.MustParseAddr("100.127.0.2"))
 	f.m.Add("api", "m1", backend)
@@ -311,8 +319,9 @@ func TestOpaqueTCPThroughTheMesh(t *testing.T) {
 			edge = s
 		}
 	}
-	if edge.TCPOpened != 1 || edge.Denied != 1 || edge.BytesIn == 0 {
-		t.Fatalf("edge: %+v, want 1 connection, 1 denied, bytes counted", edge)
+	// The tunnel cut and the one refused both count as denied.
+	if edge.TCPOpened != 1 || edge.Denied != 2 || edge.BytesIn == 0 {
+		t.Fatalf("edge: %+v, want 1 connection, 2 denied, bytes counted", edge)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pier-dev/pier/internal/metrics"
 )
 
 // The caller side. Each accepted connection is tied to (caller, callee),
@@ -27,6 +29,8 @@ type outbound struct {
 
 	mu      sync.Mutex
 	clients map[string]*client // per caller app
+
+	calls *calls // open requests, upgraded connections and tunnels
 }
 
 // client is the pooled transport of one caller, bound to the certificate
@@ -54,7 +58,7 @@ type call struct {
 }
 
 func newOutbound(m *Mesh) *outbound {
-	o := &outbound{m: m, clients: map[string]*client{}}
+	o := &outbound{m: m, clients: map[string]*client{}, calls: newCalls()}
 	o.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			c := pr.In.Context().Value(outKey{}).(call)
@@ -74,10 +78,14 @@ func newOutbound(m *Mesh) *outbound {
 		// answers without a length (gRPC, streams) and server-sent events;
 		// forcing it for every answer costs a write per response.
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			c := r.Context().Value(outKey{}).(call)
+			if revoked(r.Context()) {
+				http.Error(w, denyMessage(c.src, c.dst), http.StatusForbidden)
+				return
+			}
 			if errors.Is(err, context.Canceled) {
 				return
 			}
-			c := r.Context().Value(outKey{}).(call)
 			m.log.Warn("mesh call failed", "src", c.src, "dst", c.dst, "err", err)
 			http.Error(w, fmt.Sprintf("pier mesh: could not reach %s: %v", c.dst, err), http.StatusBadGateway)
 		},
@@ -93,7 +101,7 @@ func (o *outbound) start() { go o.http.Serve(o.ln) }
 func (o *outbound) newServer() {
 	o.ln = newChanListener(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	o.http = &http.Server{
-		Handler:           o.rp,
+		Handler:           o,
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          newErrorLog(o.m.log),
@@ -133,6 +141,15 @@ func (o *outbound) close() {
 		c.t.CloseIdleConnections()
 	}
 	o.mu.Unlock()
+}
+
+// ServeHTTP forwards one request of a caller, tracked so that revoking
+// its edge ends it (and, for an upgrade, the connection it became).
+func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := r.Context().Value(outKey{}).(call)
+	ctx, done := trackCall(r.Context(), o.calls, metrics.Edge{Src: c.src, Dst: c.dst})
+	defer done()
+	o.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // callConn is an accepted connection tied to its caller and callee.
@@ -279,6 +296,8 @@ func (o *outbound) tlsConfig(cl *client, protos ...string) *tls.Config {
 // tunnel carries an opaque TCP connection over its own mTLS connection.
 func (o *outbound) tunnel(ctx context.Context, c net.Conn, cl call) {
 	defer c.Close()
+	ctx, done := trackCall(ctx, o.calls, metrics.Edge{Src: cl.src, Dst: cl.dst})
+	defer done()
 	client, err := o.client(cl.src)
 	if err != nil {
 		o.m.log.Warn("mesh tunnel", "src", cl.src, "dst", cl.dst, "err", err)
@@ -294,6 +313,9 @@ func (o *outbound) tunnel(ctx context.Context, c net.Conn, cl call) {
 		return
 	}
 	defer up.Close()
+	// A cut closes both connections whole (see inbound.tunnel).
+	stop := context.AfterFunc(ctx, func() { c.Close(); up.(*tls.Conn).NetConn().Close() })
+	defer stop()
 	pipe(c, up)
 }
 
