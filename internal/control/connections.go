@@ -321,8 +321,10 @@ func (p *Plane) Disconnect(ctx context.Context, app, target string, out io.Write
 		return err
 	}
 	if c.Kind == "app" {
-		// Calls are denied from now on, before the roll.
-		p.policy.set(app, target, false)
+		// Calls are denied from now on and the open ones cut, before the
+		// roll: it may take minutes, or fail and leave the machines that
+		// opened them running.
+		p.denyCalls(app, target)
 	}
 	_, rollErr := p.reroll(ctx, app, "disconnect "+target, out)
 	if rollErr != nil {

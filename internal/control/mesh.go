@@ -17,7 +17,8 @@ import (
 )
 
 // Mesh is the part of the service mesh the control plane steers: apps'
-// service addresses and cutting open tunnels when a call connection goes.
+// service addresses and cutting the open calls of a call connection that
+// goes.
 type Mesh interface {
 	SetService(app string, vip netip.Addr)
 	RemoveService(app string)
@@ -44,6 +45,17 @@ func (p *policy) set(src, dst string, ok bool) {
 		p.calls[[2]string{src, dst}] = true
 	} else {
 		delete(p.calls, [2]string{src, dst})
+	}
+}
+
+// denyCalls stops src calling dst: new calls are refused, and the open
+// ones (WebSockets, tunnels, answers still streaming) are cut now, whatever
+// then becomes of src's machines (a roll that fails leaves them running).
+// The policy first: the mesh's cut relies on it (see mesh.Mesh.Revoke).
+func (p *Plane) denyCalls(src, dst string) {
+	p.policy.set(src, dst, false)
+	if p.Mesh != nil {
+		p.Mesh.Revoke(src, dst)
 	}
 }
 
@@ -143,8 +155,7 @@ func (p *Plane) grantCall(ctx context.Context, app string, cp connPlan, out io.W
 	p.policy.set(app, cp.callee, true)
 	row.Env = callEnvNames(cp.as)
 	undo := func() {
-		p.policy.set(app, cp.callee, false)
-		p.Mesh.Revoke(app, cp.callee)
+		p.denyCalls(app, cp.callee)
 		p.Store.DeleteConnection(context.Background(), app, cp.callee)
 	}
 	return row.Connection, undo, nil
@@ -174,10 +185,7 @@ func (p *Plane) callsEnv(ctx context.Context, app string) ([]string, error) {
 
 // finishCallRevoke forgets a call connection being removed.
 func (p *Plane) finishCallRevoke(ctx context.Context, c store.ConnectionRow) error {
-	p.policy.set(c.App, c.Target, false)
-	if p.Mesh != nil {
-		p.Mesh.Revoke(c.App, c.Target)
-	}
+	p.denyCalls(c.App, c.Target)
 	return p.Store.DeleteRevoked(ctx, c.App, c.Target, c.KeyID, c.Sealed)
 }
 
