@@ -22,7 +22,8 @@ import (
 	"github.com/pier-dev/pier/internal/resources/daemon"
 )
 
-// A managed resource's directory (inst.Dir, pier's, 0700):
+// A managed resource's directory (inst.Dir, laid out by daemon.Prepare:
+// root's with the server's group, 0710, when pier runs as root):
 //
 //	postgres.pid, postgres.log  the daemon's (the log is the server's stderr)
 //	data/                       the cluster, the server user's, 0700
@@ -207,29 +208,14 @@ func (d *Driver) provisionManaged(ctx context.Context, inst resources.Instance) 
 	return map[string]string{"user": adminUser, "password": password, "database": db}, nil
 }
 
-// prepareDirs makes data/ and run/ for the server user and lets that user
-// reach them through pier's private directories.
+// prepareDirs makes data/ and run/ for the server user (daemon.Prepare),
+// which must be able to reach inst.Dir already: nothing above it is
+// loosened.
 func (d *Driver) prepareDirs(inst resources.Instance) error {
-	uid, gid, err := d.serverUID()
-	if err != nil {
+	if _, _, err := d.serverUID(); err != nil {
 		return err
 	}
-	if err := d.makeReachable(inst.Dir, uid, gid); err != nil {
-		return err
-	}
-	for _, name := range []string{dataDir, runDir} {
-		p := filepath.Join(inst.Dir, name)
-		if err := os.MkdirAll(p, 0o700); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, 0o700); err != nil {
-			return err
-		}
-		if err := os.Chown(p, uid, gid); err != nil {
-			return fmt.Errorf("give %s to the server's user: %w", p, err)
-		}
-	}
-	return nil
+	return d.daemon(inst).Prepare(dataDir, runDir)
 }
 
 // initdb creates the cluster with pier_admin as its superuser. The password
@@ -413,12 +399,8 @@ func (d *Driver) Start(ctx context.Context, inst resources.Instance) error {
 	if _, err := d.bin("postgres"); err != nil {
 		return err
 	}
-	uid, gid, err := d.serverUID()
-	if err != nil {
-		return err
-	}
-	if err := d.makeReachable(inst.Dir, uid, gid); err != nil {
-		return err
+	if err := d.prepareDirs(inst); err != nil {
+		return fmt.Errorf("start postgres resource %s: %w", inst.Name, err)
 	}
 	if err := d.writeConfig(inst); err != nil {
 		return fmt.Errorf("start postgres resource %s: %w", inst.Name, err)

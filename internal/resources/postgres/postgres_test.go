@@ -23,6 +23,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/pier-dev/pier/internal/resources"
+	"github.com/pier-dev/pier/internal/resources/daemon"
 )
 
 // requirePostgres skips (fails on CI) unless the server can be run for
@@ -63,12 +64,27 @@ func newDriver(t testing.TB) *Driver {
 	return New(Config{Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
 }
 
-// newInstance lays a resource out as pier does: a 0700 directory under a
-// 0700 data directory owned by root.
+// newInstance lays a resource out as pier does as root: its directory in
+// the servers dir, apart from a 0700 data dir that no server may enter.
+// The test's own temp dirs are opened to be searched, as /var/lib is.
 func newInstance(t testing.TB, name string) resources.Instance {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "pier", "resources", name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	base := t.TempDir()
+	for _, p := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := filepath.Join(base, "pier")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	servers, err := daemon.MakeServersDir(filepath.Join(base, "servers"), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(servers, name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	return resources.Instance{
@@ -160,6 +176,10 @@ func TestManaged(t *testing.T) {
 	t.Run("files", func(t *testing.T) {
 		u, _ := user.Lookup("postgres")
 		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if st, err := os.Stat(inst.Dir); err != nil || st.Mode().Perm() != 0o710 || st.Sys().(*syscall.Stat_t).Uid != 0 || int(st.Sys().(*syscall.Stat_t).Gid) != gid {
+			t.Errorf("%s: %v, %v; want 0710, root's with group postgres", inst.Dir, st.Mode(), err)
+		}
 		for _, name := range []string{dataDir, runDir} {
 			st, err := os.Stat(filepath.Join(inst.Dir, name))
 			if err != nil {
@@ -597,44 +617,6 @@ func TestIntParam(t *testing.T) {
 	p := map[string]any{"f": float64(42), "n": json.Number("43"), "i": 44}
 	if intParam(p, "f", 0) != 42 || intParam(p, "n", 0) != 43 || intParam(p, "i", 0) != 44 || intParam(p, "missing", 7) != 7 {
 		t.Error("intParam")
-	}
-}
-
-func TestACL(t *testing.T) {
-	const uid, gid = 4242, 4242
-	st := syscall.Stat_t{Uid: 0, Gid: 0}
-	acl := []aclEntry{{aclUserObj, 7, aclNoID}, {aclGroupObj, 0, aclNoID}, {aclOther, 0, aclNoID}}
-	if canSearch(acl, st, uid, gid) {
-		t.Fatal("0700 searchable by others")
-	}
-	acl = withUser(acl, uid, 1)
-	if !canSearch(acl, st, uid, gid) || canSearch(acl, st, uid+1, gid+1) {
-		t.Fatal("ACL entry grants the wrong users")
-	}
-	if back, ok := decodeACL(encodeACL(acl)); !ok || len(back) != 5 || back[4].tag != aclOther {
-		t.Fatalf("round trip: %v", back)
-	}
-	if os.Geteuid() != 0 {
-		return
-	}
-	dir := filepath.Join(t.TempDir(), "a", "b")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	d := newDriver(t)
-	if err := d.makeReachable(dir, uid, gid); err != nil {
-		t.Fatal(err)
-	}
-	for p := dir; p != "/"; p = filepath.Dir(p) {
-		var st syscall.Stat_t
-		syscall.Stat(p, &st)
-		a, _ := readACL(p, st.Mode)
-		if !canSearch(a, st, uid, gid) {
-			t.Errorf("%s not searchable after makeReachable", p)
-		}
-		if st.Mode&0o004 != 0 && p == dir {
-			t.Errorf("%s readable by others", p)
-		}
 	}
 }
 
