@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -18,7 +17,8 @@ import (
 	"github.com/pier-dev/pier/internal/resources/daemon"
 )
 
-// Layout of a managed resource's directory (inst.Dir, owned by pier):
+// Layout of a managed resource's directory (inst.Dir, laid out by
+// daemon.Prepare):
 //
 //	redis.conf    generated from the instance on every start; root:<server group> 0640
 //	redis.pid     daemon's pid file, redis.log its output
@@ -179,63 +179,11 @@ func checkListen(inst resources.Instance) error {
 	return nil
 }
 
-// prepareDir creates the data directory and gives it to the server's user.
+// prepareDir creates the data directory for the server's user
+// (daemon.Prepare), who must be able to reach inst.Dir already: nothing
+// above it is loosened.
 func (d *Driver) prepareDir(inst resources.Instance) error {
-	if err := os.MkdirAll(inst.Dir, 0o700); err != nil {
-		return err
-	}
-	cred, err := daemon.Credential(d.cfg.User)
-	if err != nil {
-		return err
-	}
-	data := filepath.Join(inst.Dir, dataName)
-	if err := os.MkdirAll(data, 0o700); err != nil {
-		return err
-	}
-	if cred == nil {
-		return nil
-	}
-	if err := os.Chown(inst.Dir, -1, int(cred.Gid)); err != nil {
-		return err
-	}
-	if err := os.Chmod(inst.Dir, 0o710); err != nil {
-		return err
-	}
-	if err := os.Chown(data, int(cred.Uid), int(cred.Gid)); err != nil {
-		return err
-	}
-	return d.makeReachable(inst.Dir, cred)
-}
-
-// makeReachable lets the server's user search (not list) the ancestors of
-// dir, which pier creates 0700: each one its user, primary group or other
-// bits do not let through gets o+x. The daemon drops supplementary groups,
-// so those bits are all that count (POSIX ACLs aside).
-func (d *Driver) makeReachable(dir string, cred *syscall.Credential) error {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
-		st, err := os.Stat(p)
-		if err != nil {
-			return err
-		}
-		mode := st.Mode().Perm()
-		ok := mode&0o001 != 0
-		if sys, isUnix := st.Sys().(*syscall.Stat_t); isUnix {
-			ok = ok || (sys.Uid == cred.Uid && mode&0o100 != 0) || (sys.Gid == cred.Gid && mode&0o010 != 0)
-		}
-		if !ok {
-			if err := os.Chmod(p, st.Mode()|0o001); err != nil {
-				return fmt.Errorf("let redis-server (user %s) reach %s: %w; make %s traversable (chmod o+x)", d.cfg.User, dir, err, p)
-			}
-			d.cfg.Log.Info("made directory traversable for redis-server", "dir", p, "user", d.cfg.User)
-		}
-		if p == filepath.Dir(p) {
-			return nil
-		}
-	}
+	return d.server(inst).Prepare(dataName)
 }
 
 // writeConf (re)writes redis.conf from the instance, so a changed listen

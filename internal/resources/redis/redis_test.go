@@ -12,10 +12,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pier-dev/pier/internal/resources"
+	"github.com/pier-dev/pier/internal/resources/daemon"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -51,13 +53,27 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// newInstance makes an instance the way pier does: a private 0700
-// directory (under the test's 0700 temp dirs, which the driver must let the
-// server's user traverse), a free port, loopback only.
+// newInstance makes an instance the way pier does as root: a directory in
+// the servers dir, apart from a 0700 data dir that no server may enter, a
+// free port, loopback only. The test's own temp dirs are opened to be
+// searched, as /var/lib is.
 func newInstance(t testing.TB, name string, params map[string]any) resources.Instance {
 	t.Helper()
 	base := t.TempDir()
-	dir := filepath.Join(base, name)
+	for _, p := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := filepath.Join(base, "pier")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	servers, err := daemon.MakeServersDir(filepath.Join(base, "servers"), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(servers, name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +154,23 @@ func TestManaged(t *testing.T) {
 		}
 		if err := admin.Ping(ctx).Err(); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("files", func(t *testing.T) {
+		cred, err := daemon.Credential(d.Config().User)
+		if err != nil || cred == nil {
+			t.Fatalf("server user %q: %v", d.Config().User, err)
+		}
+		want := map[string][3]uint32{inst.Dir: {0, cred.Gid, 0o710}, filepath.Join(inst.Dir, dataName): {cred.Uid, cred.Gid, 0o700}, filepath.Dir(inst.Dir): {0, 0, 0o711}}
+		for p, w := range want {
+			var st syscall.Stat_t
+			if err := syscall.Stat(p, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Uid != w[0] || st.Gid != w[1] || st.Mode&0o7777 != w[2] {
+				t.Errorf("%s: uid %d gid %d mode %o; want %d %d %o", p, st.Uid, st.Gid, st.Mode&0o7777, w[0], w[1], w[2])
+			}
 		}
 	})
 
