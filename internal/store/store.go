@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"time"
 
 	"github.com/pier-dev/pier/internal/pier"
@@ -28,6 +29,9 @@ type Store struct {
 // Open opens (creating if needed) the database at path and migrates it to
 // the latest schema.
 func Open(ctx context.Context, path string) (*Store, error) {
+	if err := privateFiles(path); err != nil {
+		return nil, fmt.Errorf("open state store %s: %w", path, err)
+	}
 	dsn := "file:" + path + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -54,6 +58,24 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("migrate state store: %w", err)
 	}
 	return &Store{db: db}, nil
+}
+
+// privateFiles makes the database file pier's alone (0600) before SQLite
+// opens it, whatever the umask: it holds apps' environments. SQLite gives
+// the -wal and -shm files it creates the database's mode; those an earlier
+// version left more open are closed too.
+func privateFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+		if err := os.Chmod(path+suffix, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close closes the database.

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,4 +151,45 @@ func TestCerts(t *testing.T) {
 	if certs, err := s.Certs(ctx); err != nil || len(certs) != 0 {
 		t.Fatalf("certs after the app was deleted = %+v, %v", certs, err)
 	}
+}
+
+func TestFilesArePrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	// An earlier version's files, made under a umask of 022.
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.WriteFile(path+suffix, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(path+suffix, 0o644)
+	}
+	s := open(t, path)
+	if err := s.CreateApp(context.Background(), pier.App{Name: "web", Count: 1, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	check := func() {
+		t.Helper()
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			st, err := os.Stat(path + suffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o600 {
+				t.Errorf("%s: mode %v; want 0600", path+suffix, st.Mode().Perm())
+			}
+		}
+	}
+	check()
+
+	// A new database, under a umask that would let others read it.
+	s.Close()
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		os.Remove(path + suffix)
+	}
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	s = open(t, path)
+	if err := s.CreateApp(context.Background(), pier.App{Name: "web", Count: 1, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	check()
 }
