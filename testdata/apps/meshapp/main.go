@@ -2,7 +2,10 @@
 // $PORT: / answers with the caller identity the mesh verified, /ws echoes
 // WebSocket messages, and gRPC health checks are answered on the same port.
 // Other routes make calls from inside the machine, to other apps through
-// the mesh. With MODE=tcp it is a tiny Redis-protocol server instead.
+// the mesh; /hold opens a call that stays open and /poke sends over it.
+// With MODE=tcp it is a tiny Redis-protocol server instead. With
+// NEEDS=<NAME> it does not listen until $NAME is set (an app that cannot
+// start without its connection), so a roll without it fails its checks.
 package main
 
 import (
@@ -29,6 +32,12 @@ import (
 
 func main() {
 	port := os.Getenv("PORT")
+	if need := os.Getenv("NEEDS"); need != "" && os.Getenv(need) == "" {
+		fmt.Printf("$%s is not set: not serving\n", need)
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
 	if os.Getenv("MODE") == "tcp" {
 		serveRESP(":" + port)
 		return
@@ -45,6 +54,8 @@ func main() {
 	mux.HandleFunc("/wscall", wsCall)
 	mux.HandleFunc("/redis", redisCall)
 	mux.HandleFunc("/dial", dial)
+	mux.HandleFunc("/hold", hold)
+	mux.HandleFunc("/poke", poke)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 			gs.ServeHTTP(w, r)
@@ -230,6 +241,103 @@ func dial(w http.ResponseWriter, r *http.Request) {
 	}
 	c.Close()
 	fmt.Fprint(w, "connected")
+}
+
+// held are the calls /hold opened, by id, until /poke finds them closed.
+var held = struct {
+	sync.Mutex
+	n     int
+	calls map[int]*heldCall
+}{calls: map[int]*heldCall{}}
+
+// heldCall is a WebSocket (ws) or a raw TCP connection that speaks
+// HTTP/1.1 (tcp).
+type heldCall struct {
+	mu sync.Mutex
+	ws *websocket.Conn
+	c  net.Conn
+	r  *bufio.Reader
+	n  int
+}
+
+// hold opens a call and keeps it: ?ws=<url> a WebSocket, or ?tcp=<addr> a
+// TCP connection that says nothing for a second (so the mesh tunnels it as
+// opaque TCP) and then sends HTTP/1.1 requests on it. It answers
+// "held <id> <first answer>" or "error ...".
+func hold(w http.ResponseWriter, r *http.Request) {
+	hc := &heldCall{}
+	if u := r.URL.Query().Get("ws"); u != "" {
+		d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+		ws, _, err := d.Dial(u, nil)
+		if err != nil {
+			fmt.Fprintf(w, "error %v", err)
+			return
+		}
+		hc.ws = ws
+	} else {
+		c, err := net.DialTimeout("tcp", r.URL.Query().Get("tcp"), 5*time.Second)
+		if err != nil {
+			fmt.Fprintf(w, "error %v", err)
+			return
+		}
+		time.Sleep(time.Second)
+		hc.c, hc.r = c, bufio.NewReader(c)
+	}
+	first := hc.send()
+	held.Lock()
+	held.n++
+	id := held.n
+	held.calls[id] = hc
+	held.Unlock()
+	fmt.Fprintf(w, "held %d %s", id, first)
+}
+
+// poke sends over the held call ?id= and answers what came back, or
+// "error ..." once the call is closed.
+func poke(w http.ResponseWriter, r *http.Request) {
+	id, _ := strconv.Atoi(r.URL.Query().Get("id"))
+	held.Lock()
+	hc := held.calls[id]
+	held.Unlock()
+	if hc == nil {
+		fmt.Fprintf(w, "unknown %d", id)
+		return
+	}
+	fmt.Fprint(w, hc.send())
+}
+
+// send makes one exchange on the call, with a 5s bound.
+func (hc *heldCall) send() string {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	hc.n++
+	deadline := time.Now().Add(5 * time.Second)
+	if hc.ws != nil {
+		hc.ws.SetWriteDeadline(deadline)
+		if err := hc.ws.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, "p%d", hc.n)); err != nil {
+			return "error " + err.Error()
+		}
+		hc.ws.SetReadDeadline(deadline)
+		_, msg, err := hc.ws.ReadMessage()
+		if err != nil {
+			return "error " + err.Error()
+		}
+		return string(msg)
+	}
+	hc.c.SetDeadline(deadline)
+	if _, err := fmt.Fprintf(hc.c, "GET /?poke=%d HTTP/1.1\r\nHost: held\r\n\r\n", hc.n); err != nil {
+		return "error " + err.Error()
+	}
+	resp, err := http.ReadResponse(hc.r, nil)
+	if err != nil {
+		return "error " + err.Error()
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "error " + err.Error()
+	}
+	return fmt.Sprintf("%d %s", resp.StatusCode, b)
 }
 
 // serveRESP is a minimal Redis: PING, SET, GET, in RESP2.
