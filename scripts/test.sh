@@ -27,5 +27,13 @@ go test -race -count=1 $(go list ./... | grep -v -e /internal/e2e -e /internal/b
 echo "==> base image tests"
 go test -count=1 ./internal/baseimage/
 
+echo "==> fuzzing (bounded): source upload extraction, pier.toml parsing"
+# FUZZTIME=0 skips; a failure leaves its input under testdata/fuzz/.
+fuzztime=${FUZZTIME:-15s}
+if [[ $fuzztime != 0 ]]; then
+  go test -run '^$' -fuzz '^FuzzExtract$' -fuzztime "$fuzztime" ./internal/build/
+  go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$fuzztime" ./internal/appconfig/
+fi
+
 echo "==> integration tests"
 go test -count=1 -timeout 20m ./internal/e2e/
