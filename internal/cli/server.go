@@ -60,6 +60,7 @@ keys live in <data-dir>/certs.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&c.DataDir, "data-dir", server.DefaultDataDir(), "where state, builds, logs and keys live")
+	f.StringVar(&c.ServersDir, "servers-dir", server.DefaultServersDir, "as root: where managed resource servers keep their files (<servers-dir>/<id of the data dir>/<resource>), outside the data dir, which stays root's alone; only root may write it and its parents")
 	f.StringVar(&c.APIAddr, "api-addr", "127.0.0.1:4280", "address of the API")
 	f.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the edge proxy that serves apps")
 	f.StringVar(&c.Domain, "domain", "localhost", "apps are served at <app>.<domain>")

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pier-dev/pier/internal/pier"
@@ -38,6 +40,62 @@ type ResourceStatus struct {
 
 // resourceDir is a resource's private directory.
 func (p *Plane) resourceDir(name string) string { return filepath.Join(p.ResourceDir, name) }
+
+// MoveResourceDirs moves the directories of resources that still live
+// under from, where earlier versions kept them, to ResourceDir. Each
+// server is stopped first, since it names its paths, and StartResources
+// starts it again from its new place. A move is a rename: across file
+// systems it fails, naming both paths, before any server stops.
+func (p *Plane) MoveResourceDirs(ctx context.Context, from string) error {
+	if from == p.ResourceDir {
+		return nil
+	}
+	rows, err := p.Store.Resources(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		old, dst := filepath.Join(from, r.Name), p.resourceDir(r.Name)
+		if _, err := os.Lstat(old); os.IsNotExist(err) {
+			continue
+		}
+		fail := func(why string) error {
+			return fmt.Errorf("move resource %s from %s to %s: %s; move it yourself (as root, keeping owners and modes: cp -a, then remove %s) and start pier again", r.Name, old, dst, why, old)
+		}
+		if !sameFileSystem(old, filepath.Dir(dst)) {
+			return fail("they are on different file systems")
+		}
+		os.Remove(dst) // an empty directory a failed start may have made
+		if _, err := os.Lstat(dst); err == nil {
+			return fail(dst + " exists already")
+		}
+		if d, err := p.Resources.Driver(r.Type); err == nil {
+			inst, err := p.instance(r)
+			if err != nil {
+				return err
+			}
+			inst.Dir = old
+			sctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
+			err = d.Stop(sctx, inst)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("move resource %s: %w", r.Name, err)
+			}
+		}
+		if err := os.Rename(old, dst); errors.Is(err, syscall.EXDEV) {
+			return fail("they are on different file systems")
+		} else if err != nil {
+			return fail(err.Error())
+		}
+		p.Log.Info("moved resource out of the data dir", "resource", r.Name, "from", old, "to", dst)
+	}
+	return nil
+}
+
+func sameFileSystem(a, b string) bool {
+	var sa, sb syscall.Stat_t
+	return syscall.Stat(a, &sa) == nil && syscall.Stat(b, &sb) == nil && sa.Dev == sb.Dev
+}
 
 // sealedResource is what a resource keeps encrypted: its secret parameters
 // (admin_url holds a password) and the driver's admin credentials.

@@ -53,9 +53,12 @@ type Instance struct {
 	Name string
 	// Params are the validated parameters with defaults filled in.
 	Params map[string]any
-	// Dir is the resource's private directory under pier's data dir
-	// (created, mode 0700, owned by pier). Managed servers keep their data
-	// here; drivers may chown sub-directories to the server's user.
+	// Dir is the resource's private directory (created by pier, mode 0700,
+	// owned by pier): under the data dir when servers run as pier's user,
+	// else in a servers dir outside it that only root may write, so that
+	// the data dir stays root's alone. Managed servers keep their data
+	// here; drivers lay it out for the server's user with
+	// daemon.Daemon.Prepare, which loosens no directory above it.
 	Dir string
 	// Port is the TCP port chosen for a managed server, free when the
 	// resource was created and fixed for its life.

@@ -47,6 +47,12 @@ type Config struct {
 	APIAddr  string
 	HTTPAddr string
 	Domain   string
+	// ServersDir is the servers root under which, when pier runs as root,
+	// managed resource servers (postgres, redis-server) keep their files,
+	// apart from the data dir that stays root's alone (default
+	// DefaultServersDir). Unused when pier is not root: servers then run
+	// as pier's user, under <DataDir>/resources.
+	ServersDir string
 	// Runtime is "auto" (runc for apps and machines when the host can run
 	// it), "runc" (required) or "process" (apps as host processes, no
 	// machines API).
@@ -124,6 +130,13 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	defer unlock()
+	if err := privateDataDir(c.DataDir); err != nil {
+		return err
+	}
+	resourceDir, err := resourceDir(c)
+	if err != nil {
+		return err
+	}
 
 	st, err := store.Open(ctx, filepath.Join(c.DataDir, "state.db"))
 	if err != nil {
@@ -246,8 +259,11 @@ func Run(ctx context.Context, c Config) error {
 	defer closeTypes()
 	plane = &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp"), Resources: types, ResourceNet: rnet,
-		ResourceDir: filepath.Join(c.DataDir, "resources"), BackupDir: filepath.Join(c.DataDir, "backups"),
+		ResourceDir: resourceDir, BackupDir: filepath.Join(c.DataDir, "backups"),
 		CA: mp.ca, Metrics: mp.metrics}
+	if err := plane.MoveResourceDirs(ctx, filepath.Join(c.DataDir, "resources")); err != nil {
+		return err
+	}
 	if mp.mesh != nil {
 		plane.Mesh, plane.ServiceSubnet = mp.mesh, mp.subnet
 	}

@@ -24,7 +24,8 @@ type Daemon struct {
 	// Name is used in errors and names the pid and log files ("postgres").
 	Name string
 	// Dir holds the pid file and the log; it must exist and must not be
-	// writable by User (pier opens the log there as itself).
+	// writable by User (pier opens the log there as itself). Prepare
+	// lays it out so.
 	Dir string
 	// Argv is the command line; Argv[0] is an absolute path.
 	Argv []string
