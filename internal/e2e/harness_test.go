@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/control"
+	"github.com/pier-dev/pier/internal/resources/daemon"
 )
 
 var pierBin string
@@ -104,6 +105,9 @@ func startServerWith(t testing.TB, flags ...string) *server {
 	t.Cleanup(func() {
 		s.stop(syscall.SIGTERM)
 		s.killResources()
+		if dir := s.serversDir(); dir != "" {
+			os.RemoveAll(dir)
+		}
 		if n := s.running(); n > 0 {
 			t.Errorf("%d pier machines left running after the server stopped", n)
 		}
@@ -442,10 +446,28 @@ func eventually(t testing.TB, timeout time.Duration, what string, f func() error
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }
 
+// serversDir is where the server's managed resource servers keep their
+// files when it runs as root: outside its data dir, so a test removes it.
+func (s *server) serversDir() string {
+	if os.Geteuid() != 0 {
+		return ""
+	}
+	dir, _ := daemon.ServersDir(daemon.DefaultServersRoot, s.dataDir)
+	return dir
+}
+
 // killResources kills the managed resource servers (postgres, redis-server)
-// of this server's data dir: they are detached and outlive pier by design.
+// of this server: they are detached and outlive pier by design.
 func (s *server) killResources() {
-	filepath.WalkDir(filepath.Join(s.dataDir, "resources"), func(path string, d os.DirEntry, err error) error {
+	for _, dir := range []string{filepath.Join(s.dataDir, "resources"), s.serversDir()} {
+		if dir != "" {
+			killServersIn(dir)
+		}
+	}
+}
+
+func killServersIn(dir string) {
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".pid") {
 			return nil
 		}
