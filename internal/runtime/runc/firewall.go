@@ -159,20 +159,66 @@ func (f firewall) allowHost(ctx context.Context, id string, addr, gw string, por
 	return nil
 }
 
-// dropHost removes the rules allowHost made for machine id.
-func (f firewall) dropHost(ctx context.Context, id string) error {
+// hostRules reads the host-port rules of the input chain: for each, the
+// machine id its comment names and the rule as arguments for iptables -D.
+// iptables -S quotes the comment ("pier-host:ID"); the quotes are taken
+// off, or neither the match nor the delete would find the rule.
+func (f firewall) hostRules(ctx context.Context) ([]hostRule, error) {
 	out, err := exec.CommandContext(ctx, "iptables", "--wait", "-S", f.inChain()).Output()
 	if err != nil {
-		return fmt.Errorf("list %s: %w", f.inChain(), err)
+		return nil, fmt.Errorf("list %s: %w", f.inChain(), err)
 	}
-	var errs []error
+	var rules []hostRule
 	for _, line := range strings.Split(string(out), "\n") {
 		args := strings.Fields(line)
-		if len(args) < 2 || args[0] != "-A" || !strings.Contains(line, hostTag(id)+" ") && !strings.HasSuffix(line, hostTag(id)) {
+		if len(args) < 2 || args[0] != "-A" {
 			continue
 		}
-		args[0] = "-D"
-		if err := iptables(ctx, args...); err != nil {
+		for i, a := range args {
+			if a != "--comment" || i+1 >= len(args) {
+				continue
+			}
+			args[i+1] = strings.Trim(args[i+1], `"`)
+			if id, ok := strings.CutPrefix(args[i+1], hostTag("")); ok && id != "" {
+				args[0] = "-D"
+				rules = append(rules, hostRule{id: id, del: args})
+			}
+		}
+	}
+	return rules, nil
+}
+
+type hostRule struct {
+	id  string
+	del []string // iptables arguments that delete it
+}
+
+// hostRuleIDs lists the machine ids named by host-port rules in the input
+// chain, with how many rules each has.
+func (f firewall) hostRuleIDs(ctx context.Context) (map[string]int, error) {
+	rules, err := f.hostRules(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]int{}
+	for _, r := range rules {
+		ids[r.id]++
+	}
+	return ids, nil
+}
+
+// dropHost removes the rules allowHost made for machine id.
+func (f firewall) dropHost(ctx context.Context, id string) error {
+	rules, err := f.hostRules(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rules {
+		if r.id != id {
+			continue
+		}
+		if err := iptables(ctx, r.del...); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -83,10 +83,13 @@ type Driver struct {
 	// swapLimit: memory limits can include swap (see swapAccounting).
 	swapLimit bool
 
-	mu        sync.Mutex
-	live      map[string]bool // machines starting or running: Cleanup leaves them alone
-	hostRules map[string]bool // machines with host-port rules to remove at teardown
+	mu   sync.Mutex
+	live map[string]bool // machines starting or running: Cleanup and ReconcileFirewall leave them alone
 }
+
+// ReconcileEvery is how often the driver removes host-port rules that name
+// no live machine (left by a crash, or by a server run before this one).
+const ReconcileEvery = 30 * time.Second
 
 var _ interface {
 	Start(context.Context, runtime.Spec) (runtime.Process, error)
@@ -161,7 +164,7 @@ func New(c Config) (*Driver, error) {
 	if err := ensureTmpfs(c.RunDir); err != nil {
 		return nil, fmt.Errorf("runc runtime: %w", err)
 	}
-	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}, hostRules: map[string]bool{}}
+	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}}
 	if err := os.MkdirAll(d.root, 0o700); err != nil {
 		return nil, err
 	}
@@ -204,6 +207,14 @@ func New(c Config) (*Driver, error) {
 	if err := d.fw.install(ctx); err != nil {
 		return nil, err
 	}
+	// Rules a previous run left for machines that are gone: a new machine
+	// given one of their addresses must not inherit their reach.
+	if n, err := d.ReconcileFirewall(ctx); err != nil {
+		d.log.Warn("remove stale host-port rules", "err", err)
+	} else if n > 0 {
+		d.log.Info("removed stale host-port rules", "rules", n)
+	}
+	go d.reconcileLoop()
 	d.resolv = hostResolvConf()
 	d.swapLimit = swapAccounting()
 	if !d.swapLimit {
@@ -371,9 +382,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		err = nerr
 	}
 	if err == nil && len(spec.HostPorts) > 0 {
-		d.mu.Lock()
-		d.hostRules[id] = true
-		d.mu.Unlock()
 		err = d.fw.allowHost(ctx, id, addr.String(), d.ipam.gateway.String(), spec.HostPorts)
 	}
 	if err != nil {
@@ -486,14 +494,10 @@ func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error
 			errs = append(errs, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out)))
 		}
 	}
-	d.mu.Lock()
-	rules := d.hostRules[id]
-	delete(d.hostRules, id)
-	d.mu.Unlock()
-	if rules {
-		if err := d.fw.dropHost(ctx, id); err != nil {
-			errs = append(errs, err)
-		}
+	// Whether or not this run made them: a previous run of the server may
+	// have, and they must not outlive the machine.
+	if err := d.fw.dropHost(ctx, id); err != nil {
+		errs = append(errs, err)
 	}
 	veth := hostVeth(id)
 	if _, lerr := netlink.LinkByName(veth); lerr == nil {
@@ -647,4 +651,49 @@ func (d *Driver) Cleanup(ctx context.Context, ids []string) (int, error) {
 		d.log.Info("removed machines left by a previous run", "count", n)
 	}
 	return n, errors.Join(errs...)
+}
+
+// ReconcileFirewall removes every host-port rule of the driver's chain
+// that names no machine starting or running, and says how many it removed.
+func (d *Driver) ReconcileFirewall(ctx context.Context) (int, error) {
+	ids, err := d.fw.hostRuleIDs(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	n := 0
+	for id, count := range ids {
+		d.mu.Lock()
+		alive := d.live[id]
+		d.mu.Unlock()
+		if alive {
+			continue
+		}
+		if err := d.fw.dropHost(ctx, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n += count
+	}
+	return n, errors.Join(errs...)
+}
+
+// reconcileLoop runs ReconcileFirewall every ReconcileEvery until the
+// driver's chain is gone (Uninstall).
+func (d *Driver) reconcileLoop() {
+	t := time.NewTicker(ReconcileEvery)
+	defer t.Stop()
+	for range t.C {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if iptables(ctx, "-n", "-L", d.fw.inChain()) != nil {
+			cancel()
+			return
+		}
+		if n, err := d.ReconcileFirewall(ctx); err != nil {
+			d.log.Warn("remove stale host-port rules", "err", err)
+		} else if n > 0 {
+			d.log.Warn("removed host-port rules of machines that are gone", "rules", n)
+		}
+		cancel()
+	}
 }

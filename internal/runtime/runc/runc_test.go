@@ -997,3 +997,69 @@ func TestEnvironmentStaysOffDisk(t *testing.T) {
 		t.Errorf("bundle %s outlives its machine", drv.bundle(m.id))
 	}
 }
+
+// TestStaleHostRulesAreRemoved: a host-port rule left for a machine that is
+// gone (its server crashed, or an older pier did not remove it) names an
+// address that a new machine can be given, which would then inherit the
+// old machine's reach to a host port. Teardown of a machine removes its
+// rules even when this run did not make them, and ReconcileFirewall
+// removes the rules of machines that are not running.
+func TestStaleHostRulesAreRemoved(t *testing.T) {
+	m := start(t, nil)
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	gw := drv.Gateway().String()
+	target := net.JoinHostPort(gw, fmt.Sprint(port))
+	addr, _, _ := net.SplitHostPort(m.Addr())
+	ctx := t.Context()
+
+	// The rule a gone machine left, naming the address m now has.
+	if err := drv.fw.allowHost(ctx, "gone-"+m.id, addr, gw, []int{port}); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := get(t, m, "/dial", url.Values{"addr": {target}}); body != "connected" {
+		t.Fatalf("the planted rule does not work (%q): the test proves nothing", body)
+	}
+	n, err := drv.ReconcileFirewall(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("ReconcileFirewall = %d, %v; want the 1 stale rule removed", n, err)
+	}
+	if _, body := get(t, m, "/dial", url.Values{"addr": {target}}); !strings.HasPrefix(body, "error:") {
+		t.Errorf("machine still reaches host port %d after the reconcile: %q", port, body)
+	}
+
+	// A live machine's own rules stay.
+	other := start(t, func(s *runtime.Spec) { s.HostPorts = []int{port} })
+	if n, err := drv.ReconcileFirewall(ctx); err != nil || n != 0 {
+		t.Fatalf("ReconcileFirewall removed %d rules of a live machine (%v)", n, err)
+	}
+	if _, body := get(t, other, "/dial", url.Values{"addr": {target}}); body != "connected" {
+		t.Errorf("machine with host port %d cannot reach it: %q", port, body)
+	}
+	// Rules this run did not make (a previous run's) go at teardown too.
+	oaddr, _, _ := net.SplitHostPort(other.Addr())
+	if err := drv.fw.allowHost(ctx, other.id, oaddr, gw, []int{port + 1}); err != nil {
+		t.Fatal(err)
+	}
+	stop(t, other)
+	ids, err := drv.fw.hostRuleIDs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids[other.id] != 0 {
+		t.Errorf("%d host-port rules outlived machine %s", ids[other.id], other.id)
+	}
+}
