@@ -208,7 +208,8 @@ func addEntry(tw *tar.Writer, dir, rel string, fi fs.FileInfo, links map[[2]uint
 // and file capabilities; never overlayfs' own (trusted.overlay.*), which
 // would change how a layer stacks, nor security labels of this host.
 func keepXattr(name string) bool {
-	return strings.HasPrefix(name, "user.") || name == "security.capability"
+	// File capabilities are not kept (see image.allowedXattr).
+	return strings.HasPrefix(name, "user.")
 }
 
 func addXattrs(hdr *tar.Header, abs string) {

@@ -259,22 +259,11 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header, ls *layerState) error 
 		if err := u.clear(rel, false); err != nil {
 			return err
 		}
-		if !u.asRoot {
-			u.note("device nodes skipped: not running as root")
-			return nil
-		}
-		mode := uint32(unix.S_IFCHR)
-		if hdr.Typeflag == tar.TypeBlock {
-			mode = unix.S_IFBLK
-		}
-		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknod(abs, mode|0o600, int(dev)); err != nil {
-			if errors.Is(err, syscall.EPERM) {
-				u.note("device nodes skipped: not permitted here")
-				return nil
-			}
-			return err
-		}
+		// Never created: a device node unpacked under the data dir would
+		// be a door into the host's disks or memory for whoever reaches
+		// it. A machine's devices come from its runtime spec alone.
+		u.note("device nodes skipped: a machine's devices come from its runtime")
+		return nil
 	case tar.TypeFifo:
 		if err := u.clear(rel, false); err != nil {
 			return err
@@ -512,6 +501,13 @@ func (u *unpacker) setMeta(abs string, hdr *tar.Header) error {
 		if !ok {
 			continue
 		}
+		if !allowedXattr(attr) {
+			// File capabilities (security.capability) would grant
+			// privileges to whoever runs the file; trusted.* and other
+			// security.* attributes steer the overlay and the kernel.
+			u.note("extended attributes skipped: file capabilities and trusted or security attributes are not kept")
+			continue
+		}
 		if !u.asRoot && !strings.HasPrefix(attr, "user.") {
 			u.note("extended attributes skipped: not running as root")
 			continue
@@ -591,3 +587,8 @@ func removeAll(p string) error {
 	})
 	return os.RemoveAll(p)
 }
+
+// allowedXattr says which extended attributes of an image's files are
+// kept: user.* only. No machine asks for file capabilities (and machines
+// run with no_new_privs, under which they would not apply).
+func allowedXattr(name string) bool { return strings.HasPrefix(name, "user.") }

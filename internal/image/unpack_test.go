@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestResolve(t *testing.T) {
@@ -162,8 +164,8 @@ func TestUnpackNotRoot(t *testing.T) {
 	})
 	notes := u.noteLines()
 	want := []string{
-		"device nodes skipped: not running as root (1 entries)",
-		"extended attributes skipped: not running as root (1 entries)",
+		"device nodes skipped: a machine's devices come from its runtime (1 entries)",
+		"extended attributes skipped: file capabilities and trusted or security attributes are not kept (1 entries)",
 	}
 	if !slices.Equal(notes, want) {
 		t.Errorf("notes = %q, want %q", notes, want)
@@ -229,5 +231,54 @@ func TestUnprivileged(t *testing.T) {
 		if !strings.Contains(string(out), "--- PASS: "+name+" ") {
 			t.Errorf("as nobody, %s did not pass:\n%s", name, out)
 		}
+	}
+}
+
+// TestHostileLayerGivesTheHostNothing unpacks, as root (as pier does), a
+// layer with a device node that would open the host's memory, a file with
+// file capabilities and trusted.* (overlay) attributes: none of them is
+// made. (Set-id bits are kept for the machine, where no_new_privs voids
+// them; the host never runs them: the tree is under 0700 directories and
+// mounted nosuid, see internal/runtime/runc.)
+func TestHostileLayerGivesTheHostNothing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root, as pier runs")
+		}
+		t.Skip("needs root, as pier runs")
+	}
+	root := filepath.Join(t.TempDir(), "root")
+	os.Mkdir(root, 0o755)
+	u := newUnpacker(root, DefaultMaxSize)
+	b := tarOf(t,
+		ent{name: "./", typ: tar.TypeDir, mode: 0o755},
+		ent{name: "mem", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 1},
+		ent{name: "sda", typ: tar.TypeBlock, mode: 0o666, major: 8, minor: 0},
+		ent{name: "capped", body: "c", pax: map[string]string{"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"}},
+		ent{name: "opaque", typ: tar.TypeDir, mode: 0o755, pax: map[string]string{"SCHILY.xattr.trusted.overlay.opaque": "y", "SCHILY.xattr.user.kept": "1"}},
+	)
+	if err := u.applyLayer(context.Background(), layerSource{open: func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.finish(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeAll(root) })
+	for _, dev := range []string{"mem", "sda"} {
+		if _, err := os.Lstat(filepath.Join(root, dev)); !os.IsNotExist(err) {
+			t.Errorf("device node %s was made (%v)", dev, err)
+		}
+	}
+	buf := make([]byte, 256)
+	if n, err := unix.Lgetxattr(filepath.Join(root, "capped"), "security.capability", buf); err == nil {
+		t.Errorf("file capabilities kept: %d bytes", n)
+	}
+	if _, err := unix.Lgetxattr(filepath.Join(root, "opaque"), "trusted.overlay.opaque", buf); err == nil {
+		t.Error("trusted.overlay.opaque kept")
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(root, "opaque"), "user.kept", buf); err != nil || string(buf[:n]) != "1" {
+		t.Errorf("user.kept = %q, %v; user attributes are kept", buf[:n], err)
 	}
 }

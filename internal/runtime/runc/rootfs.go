@@ -45,9 +45,14 @@ func mountRootfs(lowers []string, upper, work, target string, kept bool) error {
 	if len(opts)+len(",volatile") >= os.Getpagesize() {
 		return fmt.Errorf("rootfs: %d layers make the overlay options longer than the kernel takes", len(lowers))
 	}
-	err := unix.Mount("overlay", target, "overlay", 0, opts+",volatile")
+	// nosuid, nodev: the host sees this tree at target, and a set-id
+	// binary or a device node from an image must mean nothing there.
+	// Inside the machine they change nothing: it runs with no_new_privs
+	// and its /dev is runc's.
+	const flags = unix.MS_NOSUID | unix.MS_NODEV
+	err := unix.Mount("overlay", target, "overlay", flags, opts+",volatile")
 	if errors.Is(err, unix.EINVAL) { // kernels before 5.10 have no volatile
-		err = unix.Mount("overlay", target, "overlay", 0, opts)
+		err = unix.Mount("overlay", target, "overlay", flags, opts)
 	}
 	if err != nil {
 		return fmt.Errorf("mount overlay rootfs: %w", err)

@@ -1063,3 +1063,32 @@ func TestStaleHostRulesAreRemoved(t *testing.T) {
 		t.Errorf("%d host-port rules outlived machine %s", ids[other.id], other.id)
 	}
 }
+
+// TestRootfsMountedNosuidNodev: the host sees a machine's root at its
+// overlay mount; a set-id binary or device node in an image must do
+// nothing there.
+func TestRootfsMountedNosuidNodev(t *testing.T) {
+	m := start(t, nil)
+	target := filepath.Join(drv.layers(m.id), "rootfs")
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(string(mi), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[4] != target {
+			continue
+		}
+		found = true
+		opts := "," + f[5] + ","
+		for _, want := range []string{",nosuid,", ",nodev,"} {
+			if !strings.Contains(opts, want) {
+				t.Errorf("%s mounted %s, without %s", target, f[5], strings.Trim(want, ","))
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no mount at %s", target)
+	}
+}
