@@ -232,6 +232,7 @@ func renderConf(inst resources.Instance, p params) (string, error) {
 	line("aclfile %s", acl)
 	line("maxmemory %dmb", p.MaxMemMB)
 	line("maxmemory-policy %s", p.Policy)
+	line("maxclients %d", p.MaxClients)
 	switch p.Persistence {
 	case "aof":
 		line("appendonly yes")

@@ -108,6 +108,13 @@ var schema = json.RawMessage(`{
       "default": 64,
       "description": "Memory limit of a managed server, in MiB."
     },
+    "maxclients": {
+      "type": "integer",
+      "minimum": 10,
+      "maximum": 10000,
+      "default": 1000,
+      "description": "Most client connections a managed server accepts, from all its connected apps together."
+    },
     "maxmemory_policy": {
       "type": "string",
       "enum": ["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"],
@@ -139,6 +146,7 @@ func (d *Driver) Info() resources.TypeInfo {
 type params struct {
 	AdminURL    string
 	MaxMemMB    int64
+	MaxClients  int64
 	Policy      string
 	Persistence string
 }
@@ -147,7 +155,7 @@ type params struct {
 // defaults, but numbers may arrive as float64, json.Number or int64
 // depending on where they came from.
 func parseParams(p map[string]any) (params, error) {
-	out := params{MaxMemMB: 64, Policy: "noeviction", Persistence: "aof"}
+	out := params{MaxMemMB: 64, MaxClients: 1000, Policy: "noeviction", Persistence: "aof"}
 	if v, ok := p["admin_url"].(string); ok {
 		out.AdminURL = v
 	}
@@ -163,6 +171,13 @@ func parseParams(p map[string]any) (params, error) {
 			return out, fmt.Errorf("parameter maxmemory_mb: %w", err)
 		}
 		out.MaxMemMB = n
+	}
+	if v, ok := p["maxclients"]; ok && v != nil {
+		n, err := toInt(v)
+		if err != nil {
+			return out, fmt.Errorf("parameter maxclients: %w", err)
+		}
+		out.MaxClients = n
 	}
 	return out, nil
 }

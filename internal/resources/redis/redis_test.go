@@ -544,7 +544,7 @@ func TestPersistenceNoneAndRDB(t *testing.T) {
 	d := requireServer(t)
 	for _, mode := range []string{"rdb", "none"} {
 		t.Run(mode, func(t *testing.T) {
-			inst := newInstance(t, mode, map[string]any{"maxmemory_mb": int64(16), "maxmemory_policy": "allkeys-lru", "persistence": mode})
+			inst := newInstance(t, mode, map[string]any{"maxmemory_mb": int64(16), "maxmemory_policy": "allkeys-lru", "persistence": mode, "maxclients": int64(42)})
 			provision(t, d, &inst)
 			ctx := context.Background()
 			admin := adminClient(t, inst)
@@ -553,6 +553,9 @@ func TestPersistenceNoneAndRDB(t *testing.T) {
 			}
 			if v, err := admin.ConfigGet(ctx, "maxmemory-policy").Result(); err != nil || v["maxmemory-policy"] != "allkeys-lru" {
 				t.Fatalf("maxmemory-policy = %v, %v", v, err)
+			}
+			if v, err := admin.ConfigGet(ctx, "maxclients").Result(); err != nil || v["maxclients"] != "42" {
+				t.Fatalf("maxclients = %v, %v", v, err)
 			}
 			if err := d.Stop(ctx, inst); err != nil {
 				t.Fatal(err)
