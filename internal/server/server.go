@@ -133,7 +133,7 @@ func Run(ctx context.Context, c Config) error {
 	if err := privateDataDir(c.DataDir); err != nil {
 		return err
 	}
-	resourceDir, err := resourceDir(c)
+	resDir, err := resourceDir(c)
 	if err != nil {
 		return err
 	}
@@ -259,7 +259,7 @@ func Run(ctx context.Context, c Config) error {
 	defer closeTypes()
 	plane = &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp"), Resources: types, ResourceNet: rnet,
-		ResourceDir: resourceDir, BackupDir: filepath.Join(c.DataDir, "backups"),
+		ResourceDir: resDir, BackupDir: filepath.Join(c.DataDir, "backups"),
 		CA: mp.ca, Metrics: mp.metrics}
 	if err := plane.MoveResourceDirs(ctx, filepath.Join(c.DataDir, "resources")); err != nil {
 		return err
