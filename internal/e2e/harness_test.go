@@ -448,6 +448,15 @@ func eventually(t testing.TB, timeout time.Duration, what string, f func() error
 
 // serversDir is where the server's managed resource servers keep their
 // files when it runs as root: outside its data dir, so a test removes it.
+// resourceDir is where resource name's files live: under the servers dir
+// when the server runs as root, else under the data dir.
+func (s *server) resourceDir(name string) string {
+	if d := s.serversDir(); d != "" {
+		return filepath.Join(d, name)
+	}
+	return filepath.Join(s.dataDir, "resources", name)
+}
+
 func (s *server) serversDir() string {
 	if os.Geteuid() != 0 {
 		return ""

@@ -140,7 +140,7 @@ func TestResourcesAndConnections(t *testing.T) {
 		if out := s.mustPier("resources", "list"); strings.Contains(out, "bad") {
 			t.Fatalf("a failed create left a resource:\n%s", out)
 		}
-		if _, err := os.Stat(filepath.Join(s.dataDir, "resources", "bad")); err == nil {
+		if _, err := os.Stat(s.resourceDir("bad")); err == nil {
 			t.Fatal("a refused resource left a directory")
 		}
 
@@ -321,11 +321,14 @@ func TestResourcesAndConnections(t *testing.T) {
 		if out, err := s.pier("resources", "delete", "cache"); err == nil || !strings.Contains(out, "connected to") {
 			t.Fatalf("deleting a connected resource: %v\n%s", err, out)
 		}
+		if _, err := os.Stat(s.resourceDir("cache")); err != nil {
+			t.Fatalf("the cache's files are not where the test looks: %v", err)
+		}
 		s.mustPier("resources", "delete", "cache", "--force")
 		if env := s.envOf("web"); env["REDIS_URL"] || env["CACHE_URL"] {
 			t.Fatal("web kept the cache's variables after a forced delete")
 		}
-		if _, err := os.Stat(filepath.Join(s.dataDir, "resources", "cache")); err == nil {
+		if _, err := os.Stat(s.resourceDir("cache")); err == nil {
 			t.Fatal("the deleted resource's data is still there")
 		}
 	})
