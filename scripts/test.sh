@@ -36,4 +36,4 @@ if [[ $fuzztime != 0 ]]; then
 fi
 
 echo "==> integration tests"
-go test -count=1 -timeout 20m ./internal/e2e/
+go test -count=1 -timeout 40m ./internal/e2e/
