@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/fspath"
 	"github.com/pier-dev/pier/internal/pier"
 )
 
@@ -86,10 +87,6 @@ const (
 	MaxSourceBytes   = 1 << 30
 	MaxSourceEntries = 50_000
 )
-
-// maxLinkHops bounds how many links resolving one path may follow, as the
-// kernel's ELOOP does.
-const maxLinkHops = 40
 
 // Extract unpacks a stream written by Pack into dir, which should be empty.
 // Nothing is ever written outside dir, whatever the archive holds: every
@@ -192,42 +189,14 @@ func extractErr(name string, err error) error {
 
 // resolveInside resolves the slash path p (relative to root) the way the
 // kernel would, following links one component at a time, and fails if the
-// walk would ever leave root or follows more than maxLinkHops links.
-// Components that do not exist are taken as they are.
+// walk would ever leave root or follows too many links.
 func resolveInside(root *os.Root, p string) (string, error) {
-	var done []string // the resolved components so far
-	todo := strings.Split(p, "/")
-	hops := 0
-	for len(todo) > 0 {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(done) == 0 {
-				return "", errors.New("it climbs above the app's root")
-			}
-			done = done[:len(done)-1]
-			continue
-		}
-		cur := path.Join(append(append([]string{}, done...), c)...)
-		fi, err := root.Lstat(filepath.FromSlash(cur))
+	return fspath.Resolve(p, func(rel string) (string, bool, error) {
+		fi, err := root.Lstat(filepath.FromSlash(rel))
 		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
-			done = append(done, c)
-			continue
+			return "", false, nil
 		}
-		if hops++; hops > maxLinkHops {
-			return "", errors.New("too many levels of links")
-		}
-		target, err := root.Readlink(filepath.FromSlash(cur))
-		if err != nil {
-			return "", err
-		}
-		if path.IsAbs(target) {
-			return "", fmt.Errorf("%s points to the absolute path %s", cur, target)
-		}
-		todo = append(strings.Split(target, "/"), todo...)
-	}
-	return path.Join(done...), nil
+		target, err := root.Readlink(filepath.FromSlash(rel))
+		return target, err == nil, err
+	}, fspath.Options{})
 }

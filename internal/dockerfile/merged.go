@@ -7,13 +7,14 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pier-dev/pier/internal/fspath"
 )
 
 // A stack is an image's layer directories in overlayfs' format, topmost
@@ -87,45 +88,21 @@ func (s stack) lstat(rel string) (fs.FileInfo, string, bool) {
 // at it. The last component is followed too when followLast is set.
 // Components that do not exist are kept as they are.
 func (s stack) resolve(rel string, followLast bool) (string, error) {
-	todo := strings.Split(rel, "/")
-	cur := ""
-	for links := 0; len(todo) > 0; {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			cur = parentOf(cur)
-			continue
-		}
-		next := path.Join(cur, c)
-		fi, host, ok := s.lstat(next)
-		if !ok || fi.Mode()&fs.ModeSymlink == 0 || (len(todo) == 0 && !followLast) {
-			cur = next
-			continue
-		}
-		if links++; links > 40 {
-			return "", fmt.Errorf("/%s: too many levels of symbolic links", rel)
+	cur, err := fspath.Resolve(rel, func(rel string) (string, bool, error) {
+		fi, host, ok := s.lstat(rel)
+		if !ok || fi.Mode()&fs.ModeSymlink == 0 {
+			return "", false, nil
 		}
 		target, err := os.Readlink(host)
-		if err != nil {
-			return "", err
-		}
-		if path.IsAbs(target) {
-			cur = ""
-		}
-		todo = append(strings.Split(target, "/"), todo...)
+		return target, err == nil, err
+	}, fspath.Options{Clamp: true, NoFollowLast: !followLast})
+	if errors.Is(err, fspath.ErrLoop) {
+		return "", fmt.Errorf("/%s: too many levels of symbolic links", rel)
 	}
-	return cur, nil
+	return cur, err
 }
 
-func parentOf(rel string) string {
-	if d := path.Dir(rel); d != "." && d != "/" {
-		return d
-	}
-	return ""
-}
+func parentOf(rel string) string { return fspath.Parent(rel) }
 
 // dirAttrs are the mode and owner the merged view's directory rel has, or
 // 0755 root when it has none: new directories made for rel in a layer

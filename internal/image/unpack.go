@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pier-dev/pier/internal/fspath"
 	"github.com/pier-dev/pier/internal/pier"
 
 	"github.com/klauspost/compress/gzip"
@@ -303,54 +304,32 @@ func cleanEntryName(name string) (string, error) {
 // clamped: the only use of one in a layer is to try to write outside.
 // Components that do not exist (yet) are kept as they are.
 func (u *unpacker) resolve(rel string) (string, error) {
-	todo := strings.Split(rel, "/")
-	cur := ""
-	for links := 0; len(todo) > 0; {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if cur == "" {
-				return "", fmt.Errorf("%s: a symbolic link on the way leads outside the root filesystem: %w", rel, ErrUnsafeLayer)
-			}
-			cur = parentOf(cur)
-			continue
-		}
-		next := path.Join(cur, c)
-		fi, err := os.Lstat(u.abs(next))
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			cur = next
-			continue
-		case err != nil:
-			return "", err
-		case fi.Mode()&fs.ModeSymlink == 0:
-			cur = next
-			continue
-		}
-		if links++; links > 40 {
-			return "", fmt.Errorf("%s: too many levels of symbolic links: %w", rel, ErrInvalid)
-		}
-		target, err := os.Readlink(u.abs(next))
-		if err != nil {
-			return "", err
-		}
-		if path.IsAbs(target) {
-			cur = ""
-		}
-		todo = append(strings.Split(target, "/"), todo...)
+	cur, err := fspath.Resolve(rel, u.readlink, fspath.Options{})
+	switch {
+	case errors.Is(err, fspath.ErrOutside):
+		return "", fmt.Errorf("%s: a symbolic link on the way leads outside the root filesystem: %w", rel, ErrUnsafeLayer)
+	case errors.Is(err, fspath.ErrLoop):
+		return "", fmt.Errorf("%s: too many levels of symbolic links: %w", rel, ErrInvalid)
 	}
-	return cur, nil
+	return cur, err
 }
 
-func parentOf(rel string) string {
-	if d := path.Dir(rel); d != "." {
-		return d
+// readlink is fspath.Readlink over the tree being unpacked.
+func (u *unpacker) readlink(rel string) (string, bool, error) {
+	fi, err := os.Lstat(u.abs(rel))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	case fi.Mode()&fs.ModeSymlink == 0:
+		return "", false, nil
 	}
-	return ""
+	target, err := os.Readlink(u.abs(rel))
+	return target, err == nil, err
 }
+
+func parentOf(rel string) string { return fspath.Parent(rel) }
 
 func (u *unpacker) abs(rel string) string {
 	return filepath.Join(u.root, filepath.FromSlash(rel))
