@@ -306,9 +306,16 @@ func serve(t *testing.T, addr, name string, roots *x509.CertPool) *x509.Certific
 // apiPost makes an authenticated POST of the API and returns status and body.
 func (s *server) apiPost(path, body string) (int, string) {
 	s.t.Helper()
-	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", s.apiPort, path), strings.NewReader(body))
+	return s.apiSend(path, "application/json", strings.NewReader(body))
+}
+
+// apiSend POSTs body of the content type to the API, with the token, and
+// returns status and body.
+func (s *server) apiSend(path, contentType string, body io.Reader) (int, string) {
+	s.t.Helper()
+	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", s.apiPort, path), body)
 	req.Header.Set("Authorization", "Bearer "+s.token())
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", contentType)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatal(err)

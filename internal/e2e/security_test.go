@@ -7,30 +7,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-// rawDeploy POSTs body as an app's source upload, as any token holder's
-// client could, and returns the status and response.
-func (s *server) rawDeploy(app string, body []byte) (int, string) {
-	s.t.Helper()
-	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/apps/%s/deploys", s.apiPort, app), bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+s.token())
-	req.Header.Set("Content-Type", "application/gzip")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // TestUploadTarSlipRefused uploads the red team's chain of links that each
 // look local (a/b -> .., a/b/c -> .., x -> a/b/c/.., y -> x/..) and a file
@@ -62,7 +44,7 @@ func TestUploadTarSlipRefused(t *testing.T) {
 	}
 	tw.Close()
 	gz.Close()
-	code, body := s.rawDeploy("slip", buf.Bytes())
+	code, body := s.apiSend("/v1/apps/slip/deploys", "application/gzip", &buf)
 	if code != http.StatusBadRequest || !strings.Contains(body, "source upload has") {
 		t.Errorf("deploy of the tar slip = %d %s; want 400 naming the bad entry", code, body)
 	}

@@ -143,7 +143,14 @@ func appServer(t *testing.T) string {
 		w.WriteHeader(code)
 		fmt.Fprintf(w, "xfcc=%s", r.Header.Get("X-Forwarded-Client-Cert"))
 	})
-	srv := &http.Server{Handler: mux}
+	return serveH2C(t, mux)
+}
+
+// serveH2C serves h over HTTP/1.1 and cleartext HTTP/2 on a loopback port
+// until the test ends, and returns its address.
+func serveH2C(t *testing.T, h http.Handler) string {
+	t.Helper()
+	srv := &http.Server{Handler: h}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)

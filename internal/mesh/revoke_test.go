@@ -58,17 +58,7 @@ func holder(t *testing.T) (addr string, ended <-chan string) {
 			}
 		}
 	})
-	srv := &http.Server{Handler: mux}
-	srv.Protocols = new(http.Protocols)
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String(), ch
+	return serveH2C(t, mux), ch
 }
 
 // carry runs another front listener whose connections all come from src

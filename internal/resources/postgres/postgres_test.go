@@ -23,7 +23,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/pier-dev/pier/internal/resources"
-	"github.com/pier-dev/pier/internal/resources/daemon"
+	"github.com/pier-dev/pier/internal/resources/daemon/daemontest"
 )
 
 // requirePostgres skips (fails on CI) unless the server can be run for
@@ -69,24 +69,7 @@ func newDriver(t testing.TB) *Driver {
 // The test's own temp dirs are opened to be searched, as /var/lib is.
 func newInstance(t testing.TB, name string) resources.Instance {
 	t.Helper()
-	base := t.TempDir()
-	for _, p := range []string{filepath.Dir(base), base} {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data := filepath.Join(base, "pier")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	servers, err := daemon.MakeServersDir(filepath.Join(base, "servers"), data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(servers, name)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	dir := daemontest.ResourceDir(t, name)
 	return resources.Instance{
 		Name: name,
 		Params: map[string]any{

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/resources/daemon"
+	"github.com/pier-dev/pier/internal/resources/daemon/daemontest"
 	goredis "github.com/redis/go-redis/v9"
 )
 
@@ -59,24 +60,7 @@ func freePort(t testing.TB) int {
 // searched, as /var/lib is.
 func newInstance(t testing.TB, name string, params map[string]any) resources.Instance {
 	t.Helper()
-	base := t.TempDir()
-	for _, p := range []string{filepath.Dir(base), base} {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data := filepath.Join(base, "pier")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	servers, err := daemon.MakeServersDir(filepath.Join(base, "servers"), data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(servers, name)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	dir := daemontest.ResourceDir(t, name)
 	if params == nil {
 		params = map[string]any{"maxmemory_mb": float64(64), "maxmemory_policy": "noeviction", "persistence": "aof"}
 	}

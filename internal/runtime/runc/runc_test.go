@@ -435,26 +435,8 @@ func TestNetworkIsolation(t *testing.T) {
 	// Host listeners on loopback and on every address (the gateway
 	// included); neither may see a connection from the machine.
 	var accepted atomic.Int32
-	listen := func(addr string) *net.TCPAddr {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				accepted.Add(1)
-				c.Close()
-			}
-		}()
-		return l.Addr().(*net.TCPAddr)
-	}
-	lo := listen("127.0.0.1:0")
-	all := listen("0.0.0.0:0")
+	lo := hostListener(t, "127.0.0.1:0", &accepted)
+	all := hostListener(t, "0.0.0.0:0", &accepted)
 	// The host itself can reach the machine (that is how the edge proxy
 	// works), which also proves the listeners and the bridge work.
 	if _, body := get(t, m, "/ok", nil); body != "ok" {
@@ -1006,21 +988,7 @@ func TestEnvironmentStaysOffDisk(t *testing.T) {
 // removes the rules of machines that are not running.
 func TestStaleHostRulesAreRemoved(t *testing.T) {
 	m := start(t, nil)
-	l, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
+	port := hostListener(t, "0.0.0.0:0", new(atomic.Int32)).Port
 	gw := drv.Gateway().String()
 	target := net.JoinHostPort(gw, fmt.Sprint(port))
 	addr, _, _ := net.SplitHostPort(m.Addr())
@@ -1091,4 +1059,26 @@ func TestRootfsMountedNosuidNodev(t *testing.T) {
 	if !found {
 		t.Fatalf("no mount at %s", target)
 	}
+}
+
+// hostListener listens on addr of the host until the test ends, closing
+// every connection it accepts and counting it in accepted.
+func hostListener(t *testing.T, addr string, accepted *atomic.Int32) *net.TCPAddr {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr)
 }
