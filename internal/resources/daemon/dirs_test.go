@@ -90,6 +90,9 @@ func TestPrepare(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := syscall.Setxattr(dir, aclXattr, aclGranting(uid), 0); err != nil {
+				if os.Getenv("CI") == "true" {
+					t.Fatalf("no POSIX ACLs here: %v", err)
+				}
 				t.Skipf("no POSIX ACLs here: %v", err)
 			}
 		}},
