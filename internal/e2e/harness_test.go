@@ -223,20 +223,27 @@ func startRuncServerWith(t testing.TB, flags ...string) *server {
 	return startServerWith(t, append([]string{"--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n), "--base-cache", baseCache}, flags...)...)
 }
 
-// removeBridge deletes a bridge and the firewall chains pier made for it.
+// removeBridge deletes a bridge and the firewall chains pier made for it
+// (PIER-<kind>-<bridge> in the filter and nat tables, and the jumps into
+// them from any chain).
 func removeBridge(t testing.TB, bridge string) {
-	for _, hook := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"nat", "POSTROUTING"}} {
-		rules, _ := exec.Command("iptables", "-w", "-t", hook[0], "-S", hook[1]).Output()
+	for _, table := range []string{"filter", "nat"} {
+		rules, _ := exec.Command("iptables", "-w", "-t", table, "-S").Output()
+		var chains []string
 		for _, rule := range strings.Split(string(rules), "\n") {
-			if f := strings.Fields(rule); len(f) > 2 && strings.HasSuffix(rule, "-"+bridge) && strings.Contains(rule, "-j PIER-") {
+			f := strings.Fields(rule)
+			switch {
+			case len(f) == 2 && f[0] == "-N" && strings.HasPrefix(f[1], "PIER-") && strings.HasSuffix(f[1], "-"+bridge):
+				chains = append(chains, f[1])
+			case len(f) > 2 && f[0] == "-A" && strings.HasSuffix(rule, "-"+bridge) && strings.Contains(rule, "-j PIER-") && !strings.HasPrefix(f[1], "PIER-"):
 				f[0] = "-D"
-				exec.Command("iptables", append([]string{"-w", "-t", hook[0]}, f...)...).Run()
+				exec.Command("iptables", append([]string{"-w", "-t", table}, f...)...).Run()
 			}
 		}
-	}
-	for _, chain := range [][2]string{{"filter", "PIER-IN-" + bridge}, {"filter", "PIER-FWD-" + bridge}, {"nat", "PIER-NAT-" + bridge}} {
-		exec.Command("iptables", "-w", "-t", chain[0], "-F", chain[1]).Run()
-		exec.Command("iptables", "-w", "-t", chain[0], "-X", chain[1]).Run()
+		for _, chain := range chains {
+			exec.Command("iptables", "-w", "-t", table, "-F", chain).Run()
+			exec.Command("iptables", "-w", "-t", table, "-X", chain).Run()
+		}
 	}
 	exec.Command("ip", "link", "del", bridge).Run()
 	if out, _ := exec.Command("ip", "link", "show", bridge).CombinedOutput(); !strings.Contains(string(out), "does not exist") {

@@ -29,15 +29,16 @@ type firewall struct {
 
 func (f firewall) inChain() string  { return "PIER-IN-" + f.bridge }
 func (f firewall) fwdChain() string { return "PIER-FWD-" + f.bridge }
+func (f firewall) outChain() string { return "PIER-OUT-" + f.bridge }
 func (f firewall) natChain() string { return "PIER-NAT-" + f.bridge }
 func (f firewall) dnatChain() string {
 	return "PIER-DNAT-" + f.bridge
 }
 
 func (f firewall) rules() string {
-	in, fwd, nat, br := f.inChain(), f.fwdChain(), f.natChain(), f.bridge
+	in, fwd, out, nat, br := f.inChain(), f.fwdChain(), f.outChain(), f.natChain(), f.bridge
 	var b strings.Builder
-	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n", in, fwd)
+	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n:%s - [0:0]\n", in, fwd, out)
 	// (1) Machines reach no host service, the gateway address included;
 	// only replies to connections the host opened (the edge proxy) pass.
 	// REJECT rather than DROP so a probing app fails fast instead of
@@ -63,6 +64,13 @@ func (f firewall) rules() string {
 	fmt.Fprintf(&b, "-A %s -i %s -s %s -j REJECT --reject-with icmp-admin-prohibited\n", fwd, br, f.deny)
 	fmt.Fprintf(&b, "-A %s -i %s -s %s -j ACCEPT\n", fwd, br, f.allow)
 	fmt.Fprintf(&b, "-A %s -i %s -j DROP\n", fwd, br)
+	// (5) Host processes other than root's (other local users, and
+	// managed servers such as PostgreSQL answering a machine) get only
+	// replies through to machines: a local user must not reach an app's
+	// port around the edge and the mesh.
+	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN\n", out)
+	fmt.Fprintf(&b, "-A %s -m owner --uid-owner 0 -j RETURN\n", out)
+	fmt.Fprintf(&b, "-A %s -j REJECT --reject-with icmp-admin-prohibited\n", out)
 	b.WriteString("COMMIT\n")
 	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n:%s - [0:0]\n", nat, f.dnatChain())
 	fmt.Fprintf(&b, "-A %s -s %s ! -o %s -j MASQUERADE\n", nat, f.subnet, br)
@@ -74,11 +82,18 @@ func (f firewall) rules() string {
 }
 
 // jumps are the rules in the base chains that lead into pier's chains.
+//
+// In FORWARD, every pier server's "-o bridge" jump must come before any
+// server's "-i bridge" jump: a forwarding chain accepts its machines'
+// outbound traffic, and if server B's "-i" jump came first, B's machines
+// would be accepted into server A's bridge before A's chain could drop
+// them. install keeps that order whatever order servers start in.
 func (f firewall) jumps() [][]string {
 	return [][]string{
 		{"-t", "filter", "INPUT", "-i", f.bridge, "-j", f.inChain()},
-		{"-t", "filter", "FORWARD", "-i", f.bridge, "-j", f.fwdChain()},
 		{"-t", "filter", "FORWARD", "-o", f.bridge, "-j", f.fwdChain()},
+		{"-t", "filter", "FORWARD", "-i", f.bridge, "-j", f.fwdChain()},
+		{"-t", "filter", "OUTPUT", "-o", f.bridge, "-j", f.outChain()},
 		// Without -s: remove() then needs nothing but the bridge name.
 		{"-t", "nat", "POSTROUTING", "-j", f.natChain()},
 		{"-t", "nat", "PREROUTING", "-i", f.bridge, "-j", f.dnatChain()},
@@ -93,6 +108,12 @@ func (f firewall) install(ctx context.Context) error {
 	}
 	for _, j := range f.jumps() {
 		table, chain, rule := j[1], j[2], j[3:]
+		if chain == "FORWARD" && rule[0] == "-i" {
+			if err := f.placeOutbound(ctx, rule); err != nil {
+				return err
+			}
+			continue
+		}
 		if iptables(ctx, append([]string{"-t", table, "-C", chain}, rule...)...) == nil {
 			continue
 		}
@@ -105,11 +126,52 @@ func (f firewall) install(ctx context.Context) error {
 	return nil
 }
 
+// placeOutbound puts the FORWARD jump for traffic coming from the bridge
+// right after the last "-o" jump of any pier server (see jumps), moving it
+// there if an earlier version or start order left it above one. The new
+// rule goes in before the misplaced one is deleted, so there is no moment
+// without it.
+func (f firewall) placeOutbound(ctx context.Context, rule []string) error {
+	want := strings.Join(append([]string{"-A", "FORWARD"}, rule...), " ")
+	out, err := exec.CommandContext(ctx, "iptables", "--wait", "-S", "FORWARD").Output()
+	if err != nil {
+		return fmt.Errorf("list FORWARD: %w", err)
+	}
+	lastOut, mine := 0, []int{} // rule numbers, 1-based, as iptables counts
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		args := strings.Fields(line)
+		if len(args) < 2 || args[0] != "-A" {
+			continue
+		}
+		n++
+		if line == want {
+			mine = append(mine, n)
+		}
+		if len(args) == 6 && args[2] == "-o" && args[4] == "-j" && strings.HasPrefix(args[5], "PIER-FWD-") {
+			lastOut = n
+		}
+	}
+	if len(mine) == 1 && mine[0] > lastOut {
+		return nil
+	}
+	if err := iptables(ctx, append([]string{"-t", "filter", "-I", "FORWARD", fmt.Sprint(lastOut + 1)}, rule...)...); err != nil {
+		return err
+	}
+	// iptables -D deletes the first match: the misplaced copies above.
+	for range mine {
+		if err := iptables(ctx, append([]string{"-t", "filter", "-D", "FORWARD"}, rule...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (f firewall) remove(ctx context.Context) error {
 	// Every rule of a base chain that jumps into ours, whatever its
 	// matches (an older version may have written them differently).
-	ours := map[string]bool{f.inChain(): true, f.fwdChain(): true, f.natChain(): true, f.dnatChain(): true}
-	for _, tc := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"nat", "POSTROUTING"}, {"nat", "PREROUTING"}} {
+	ours := map[string]bool{f.inChain(): true, f.fwdChain(): true, f.outChain(): true, f.natChain(): true, f.dnatChain(): true}
+	for _, tc := range [][2]string{{"filter", "INPUT"}, {"filter", "FORWARD"}, {"filter", "OUTPUT"}, {"nat", "POSTROUTING"}, {"nat", "PREROUTING"}} {
 		out, err := exec.CommandContext(ctx, "iptables", "--wait", "-t", tc[0], "-S", tc[1]).Output()
 		if err != nil {
 			continue
@@ -124,7 +186,7 @@ func (f firewall) remove(ctx context.Context) error {
 		}
 	}
 	var firstErr error
-	for _, c := range [][2]string{{"filter", f.inChain()}, {"filter", f.fwdChain()}, {"nat", f.natChain()}, {"nat", f.dnatChain()}} {
+	for _, c := range [][2]string{{"filter", f.inChain()}, {"filter", f.fwdChain()}, {"filter", f.outChain()}, {"nat", f.natChain()}, {"nat", f.dnatChain()}} {
 		if iptables(ctx, "-t", c[0], "-n", "-L", c[1]) != nil {
 			continue // not there
 		}

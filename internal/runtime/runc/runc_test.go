@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -79,14 +80,7 @@ func testMain(m *testing.M) int {
 	testBridge = fmt.Sprintf("pt%d", os.Getpid()%100000)
 	// Other test runs (the e2e tests start pier servers with subnets of
 	// their own) may hold a /24 already: take the first free one.
-	var subnet string
-	for i := range 250 {
-		cand := fmt.Sprintf("100.127.%d.0/24", (os.Getpid()+i)%250)
-		if used, err := subnetInUse(netip.MustParsePrefix(cand), testBridge); err == nil && used == "" {
-			subnet = cand
-			break
-		}
-	}
+	subnet := freeSubnet(testBridge, "")
 	if subnet == "" {
 		fmt.Fprintln(os.Stderr, "no free /24 in 100.127.0.0/16 for the tests")
 		return 1
@@ -119,6 +113,18 @@ func testMain(m *testing.M) int {
 	return code
 }
 
+// freeSubnet is the first /24 of 100.127.0.0/16 that no host route (but
+// the bridge's own) uses, other than not.
+func freeSubnet(bridge, not string) string {
+	for i := range 250 {
+		cand := fmt.Sprintf("100.127.%d.0/24", (os.Getpid()+i)%250)
+		if used, err := subnetInUse(netip.MustParsePrefix(cand), bridge); err == nil && used == "" && cand != not {
+			return cand
+		}
+	}
+	return ""
+}
+
 // sweepStale removes what earlier test runs that were killed (a timeout, a
 // crash) left: their machines, bridge and firewall chains.
 func sweepStale() {
@@ -131,18 +137,21 @@ func sweepStale() {
 		if syscall.Kill(pid, 0) == nil {
 			continue // still running
 		}
-		bridge := fmt.Sprintf("pt%d", pid%100000)
-		state := filepath.Join(dir, "state")
-		d := &Driver{cfg: Config{StateDir: state, RunDir: defaultRunDir(state), Bridge: bridge, Runc: "runc"}, log: slog.New(slog.DiscardHandler),
-			root: filepath.Join(state, runcRoot), live: map[string]bool{}, fw: firewall{bridge: bridge}}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		_, err1 := d.Cleanup(ctx, nil)
-		err2 := d.Uninstall(ctx)
-		cancel()
-		if err1 == nil && err2 == nil {
+		var errs []error
+		for _, run := range [][2]string{{"pt", "state"}, {"pu", "state2"}} { // the test driver, the second server's
+			bridge := fmt.Sprintf("%s%d", run[0], pid%100000)
+			state := filepath.Join(dir, run[1])
+			d := &Driver{cfg: Config{StateDir: state, RunDir: defaultRunDir(state), Bridge: bridge, Runc: "runc"}, log: slog.New(slog.DiscardHandler),
+				root: filepath.Join(state, runcRoot), live: map[string]bool{}, fw: firewall{bridge: bridge}}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			_, err1 := d.Cleanup(ctx, nil)
+			errs = append(errs, err1, d.Uninstall(ctx))
+			cancel()
+		}
+		if err := errors.Join(errs...); err == nil {
 			os.RemoveAll(dir)
 		} else {
-			fmt.Fprintln(os.Stderr, "sweep", dir, err1, err2)
+			fmt.Fprintln(os.Stderr, "sweep", dir, err)
 		}
 	}
 }
@@ -272,6 +281,12 @@ type machineT struct {
 // the machine is killed and waited for at the end of the test.
 func start(t testing.TB, edit func(*runtime.Spec)) *machineT {
 	t.Helper()
+	return startOn(t, drv, edit)
+}
+
+// startOn is start on the given driver.
+func startOn(t testing.TB, d *Driver, edit func(*runtime.Spec)) *machineT {
+	t.Helper()
 	need(t)
 	out := &lines{}
 	spec := runtime.Spec{ID: newID(), App: "test", Command: []string{"/bin/machine"}, Env: []string{"GREETING=hello"},
@@ -281,7 +296,7 @@ func start(t testing.TB, edit func(*runtime.Spec)) *machineT {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := drv.Start(ctx, spec)
+	p, err := d.Start(ctx, spec)
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -1081,4 +1096,93 @@ func hostListener(t *testing.T, addr string, accepted *atomic.Int32) *net.TCPAdd
 		}
 	}()
 	return l.Addr().(*net.TCPAddr)
+}
+
+// A second pier server on the same host (a driver with a bridge and subnet
+// of its own) must not let its machines reach this server's, nor this
+// server's reach its own, whichever of the two installed its firewall last;
+// and each server's machines keep their way out.
+func TestSecondServerCannotReachMachines(t *testing.T) {
+	need(t)
+	subnet := freeSubnet(testBridge, drv.fw.subnet)
+	if subnet == "" {
+		t.Fatal("no free /24 for a second driver")
+	}
+	state := filepath.Join(filepath.Dir(stateDir), "state2")
+	other, err := New(Config{StateDir: state, Subnet: subnet, Bridge: fmt.Sprintf("pu%d", os.Getpid()%100000)})
+	if err != nil {
+		t.Fatalf("second driver: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := other.Uninstall(ctx); err != nil {
+			t.Errorf("uninstall second driver: %v", err)
+		}
+		os.RemoveAll(state)
+	})
+	mine := start(t, nil)
+	theirs := startOn(t, other, nil)
+	outside, peers := outsideNet(t)
+
+	check := func(order string) {
+		t.Helper()
+		for _, c := range []struct {
+			from, to *machineT
+		}{{theirs, mine}, {mine, theirs}} {
+			if _, body := get(t, c.from, "/dial", url.Values{"addr": {c.to.Addr()}}); !strings.HasPrefix(body, "error:") {
+				t.Errorf("%s: machine %s reached %s on the other server's bridge: %q", order, c.from.Addr(), c.to.Addr(), body)
+			}
+		}
+		for _, m := range []*machineT{mine, theirs} {
+			if _, body := get(t, m, "/dial", url.Values{"addr": {outside}}); body != "connected" {
+				t.Errorf("%s: machine %s cannot reach the outside any more: %q", order, m.Addr(), body)
+			}
+		}
+	}
+	check("second server installed last")
+
+	// Now this server's firewall is the newer one (as after a restart of
+	// it while the other runs).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := drv.fw.remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := drv.fw.install(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("first server installed last")
+	if got := len(peers()); got != 4 {
+		t.Errorf("outside accepted %d connections, want the 4 checks", got)
+	}
+	// Installing again changes nothing (the server does it at every start).
+	before, _ := exec.Command("iptables", "-S", "FORWARD").Output()
+	if err := drv.fw.install(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := exec.Command("iptables", "-S", "FORWARD").Output(); !bytes.Equal(before, after) {
+		t.Errorf("a second install moved rules:\n%s\nthen:\n%s", before, after)
+	}
+}
+
+// Other local users reach no machine: only root's connections (the edge,
+// the mesh) and replies to machines' own connections pass to the bridge.
+func TestLocalUsersCannotReachMachines(t *testing.T) {
+	m := start(t, nil)
+	host, port, _ := net.SplitHostPort(m.Addr())
+	dial := func(uid uint32) error {
+		cmd := exec.Command("/bin/bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%s", host, port))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%w: %s", err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	if err := dial(65534); err == nil {
+		t.Errorf("a host process as nobody connected to machine %s", m.Addr())
+	}
+	if err := dial(0); err != nil {
+		t.Errorf("root cannot connect to the machine (the probe is broken): %v", err)
+	}
 }

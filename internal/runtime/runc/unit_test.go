@@ -106,6 +106,7 @@ func TestFirewallRules(t *testing.T) {
 		{"no mesh", base, `*filter
 :PIER-IN-pier0 - [0:0]
 :PIER-FWD-pier0 - [0:0]
+:PIER-OUT-pier0 - [0:0]
 -A PIER-IN-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A PIER-IN-pier0 -j REJECT --reject-with icmp-admin-prohibited
 -A PIER-FWD-pier0 -o pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
@@ -113,6 +114,9 @@ func TestFirewallRules(t *testing.T) {
 -A PIER-FWD-pier0 -i pier0 -s 100.96.128.0/17 -j REJECT --reject-with icmp-admin-prohibited
 -A PIER-FWD-pier0 -i pier0 -s 100.96.0.0/17 -j ACCEPT
 -A PIER-FWD-pier0 -i pier0 -j DROP
+-A PIER-OUT-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+-A PIER-OUT-pier0 -m owner --uid-owner 0 -j RETURN
+-A PIER-OUT-pier0 -j REJECT --reject-with icmp-admin-prohibited
 COMMIT
 *nat
 :PIER-NAT-pier0 - [0:0]
@@ -123,6 +127,7 @@ COMMIT
 		{"mesh", mesh, `*filter
 :PIER-IN-pier0 - [0:0]
 :PIER-FWD-pier0 - [0:0]
+:PIER-OUT-pier0 - [0:0]
 -A PIER-IN-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A PIER-IN-pier0 -d 100.96.0.1/32 -p tcp --dport 15001 -j ACCEPT
 -A PIER-IN-pier0 -j REJECT --reject-with icmp-admin-prohibited
@@ -132,6 +137,9 @@ COMMIT
 -A PIER-FWD-pier0 -i pier0 -s 100.96.128.0/17 -j REJECT --reject-with icmp-admin-prohibited
 -A PIER-FWD-pier0 -i pier0 -s 100.96.0.0/17 -j ACCEPT
 -A PIER-FWD-pier0 -i pier0 -j DROP
+-A PIER-OUT-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+-A PIER-OUT-pier0 -m owner --uid-owner 0 -j RETURN
+-A PIER-OUT-pier0 -j REJECT --reject-with icmp-admin-prohibited
 COMMIT
 *nat
 :PIER-NAT-pier0 - [0:0]
