@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pier and its tests need on a fresh Debian machine with Go:
 # git, curl, Python 3 and Node.js/npm (for the Python and Node builders),
-# runc and iptables (the isolating machine runtime) and a static busybox
+# runc, iptables, e2fsprogs and util-linux (the isolating machine runtime:
+# machines' disks are loop-mounted ext4 images) and a static busybox
 # (its tests put it in their machine images), PostgreSQL 15 and Redis (the
 # servers behind managed resources), and pebble (a local ACME server).
 # Safe to run again: it only installs what is missing.
@@ -16,6 +17,7 @@ command -v npm >/dev/null || missing+=(npm)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev) # the race detector needs cgo
 command -v runc >/dev/null || missing+=(runc)
 command -v iptables-restore >/dev/null || missing+=(iptables)
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v skopeo >/dev/null || missing+=(skopeo)
 [[ -x /usr/bin/tini-static ]] || missing+=(tini) # pid 1 of machines
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15 postgresql-client-15)

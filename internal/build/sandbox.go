@@ -31,7 +31,12 @@ const (
 const (
 	DefaultBuildMemoryMB = 4096
 	DefaultBuildPids     = 4096
-	DefaultMaxCache      = 4 << 30
+	// DefaultBuildDiskMB bounds what a build machine writes to its own
+	// root filesystem (a Dockerfile RUN's layer, a tool's /tmp). The build
+	// tree (/app) and cache (/cache) are host directories it does not
+	// bound.
+	DefaultBuildDiskMB = 8192
+	DefaultMaxCache    = 4 << 30
 )
 
 // Machines starts isolated machines (internal/runtime/runc).

@@ -50,6 +50,9 @@ func (s *Sandbox) limits() runtime.Resources {
 	if res.Pids <= 0 {
 		res.Pids = DefaultBuildPids
 	}
+	if res.DiskMB <= 0 {
+		res.DiskMB = DefaultBuildDiskMB
+	}
 	return res
 }
 

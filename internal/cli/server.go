@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/certs"
+	"github.com/pier-dev/pier/internal/runtime/runc"
 	"github.com/pier-dev/pier/internal/server"
 	"github.com/spf13/cobra"
 )
@@ -67,6 +68,7 @@ keys live in <data-dir>/certs.`,
 	f.StringVar(&c.Runtime, "runtime", "auto", "where apps and machines run: auto (isolated under runc when root with runc installed), runc (required) or process (apps as host processes, no machines API)")
 	f.StringVar(&c.Subnet, "subnet", "100.96.0.0/16", "address range of machines (runc runtime)")
 	f.StringVar(&c.Bridge, "bridge", "pier0", "Linux bridge machines attach to (runc runtime)")
+	f.IntVar(&c.MachineDiskMB, "machine-disk-mb", runc.DefaultDiskMB, "what a machine may write to its own root filesystem, in MB (runc runtime; machines API: guest.rootfs_size_mb)")
 	f.StringVar(&c.ServiceSubnet, "service-subnet", "100.125.0.0/16", "service addresses of apps, <app>.internal inside machines (runc runtime); not routed anywhere")
 	f.IntVar(&c.MeshPort, "mesh-port", 15001, "port on the machines' gateway where the mesh takes app-to-app calls (runc runtime)")
 	f.StringVar(&c.TrustDomain, "trust-domain", "pier.internal", "SPIFFE trust domain of the mesh identities (spiffe://<trust-domain>/app/<app>); fixed when the mesh CA is created")

@@ -308,7 +308,8 @@ func (mg *Manager) spec(m Machine, img Image) (runtime.Spec, error) {
 	}
 	return runtime.Spec{ID: m.ID, App: m.App, Command: cmd, Env: env, Rootfs: img.Rootfs, Mounts: img.Mounts, Files: files,
 		WorkDir: img.WorkDir, User: img.User, Port: port,
-		Resources: runtime.Resources{CPUs: float64(m.Config.Guest.CPUs), MemoryMB: m.Config.Guest.MemoryMB, Pids: 1024}}, nil
+		Resources: runtime.Resources{CPUs: float64(m.Config.Guest.CPUs), MemoryMB: m.Config.Guest.MemoryMB, Pids: 1024,
+			DiskMB: m.Config.Guest.RootfsSizeMB}}, nil
 }
 
 // start launches the machine's process in the background.

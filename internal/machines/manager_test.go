@@ -184,6 +184,7 @@ func TestCreateValidatesAndCreatesNothingOnBadInput(t *testing.T) {
 	}{
 		{"no image", Config{}, "config.image"},
 		{"negative memory", Config{Image: "i", Guest: Guest{MemoryMB: -1}}, "config.guest.memory_mb: -1 is out of range"},
+		{"tiny rootfs", Config{Image: "i", Guest: Guest{RootfsSizeMB: 8}}, "config.guest.rootfs_size_mb: 8 is out of range"},
 		{"too many cpus", Config{Image: "i", Guest: Guest{CPUs: 99}}, "config.guest.cpus"},
 		{"bad restart", Config{Image: "i", Restart: Restart{Policy: "sometimes"}}, "config.restart.policy"},
 		{"bad port", Config{Image: "i", Services: []Service{{InternalPort: 70000}}}, "config.services[0].internal_port"},
@@ -210,14 +211,14 @@ func TestCreateValidatesAndCreatesNothingOnBadInput(t *testing.T) {
 
 func TestLifecycleStartStopWaitDestroy(t *testing.T) {
 	h := newHarness(t)
-	m := h.create(t, Config{Image: "img", Env: map[string]string{"A": "b"}, Guest: Guest{CPUs: 2, MemoryMB: 512},
+	m := h.create(t, Config{Image: "img", Env: map[string]string{"A": "b"}, Guest: Guest{CPUs: 2, MemoryMB: 512, RootfsSizeMB: 300},
 		Files: []File{{GuestPath: "/etc/greeting", RawValue: "aGk="}}, Init: Init{Cmd: []string{"run", "--flag"}}})
 	got := h.wait(t, m.ID, StateStarted)
 	if got.PrivateIP != "100.96.0.9" || got.ImageRef.Digest != "sha256:abc" || got.Config.Guest.CPUKind != "shared" {
 		t.Errorf("machine = %+v", got)
 	}
 	spec := h.drv.starts[0]
-	if strings.Join(spec.Command, " ") != "run --flag" || spec.Resources.MemoryMB != 512 || spec.Resources.CPUs != 2 ||
+	if strings.Join(spec.Command, " ") != "run --flag" || spec.Resources.MemoryMB != 512 || spec.Resources.CPUs != 2 || spec.Resources.DiskMB != 300 ||
 		spec.Rootfs[0] != "/rootfs/abc" || spec.WorkDir != "/w" || string(spec.Files[0].Data) != "hi" {
 		t.Errorf("spec = %+v", spec)
 	}

@@ -104,6 +104,9 @@ type Guest struct {
 	CPUKind  string `json:"cpu_kind,omitempty"`
 	CPUs     int    `json:"cpus"`
 	MemoryMB int    `json:"memory_mb"`
+	// RootfsSizeMB is what the machine may write to its root filesystem
+	// (0: the server's --machine-disk-mb).
+	RootfsSizeMB int `json:"rootfs_size_mb,omitempty"`
 }
 
 // Service exposes a port of the machine through pier.
@@ -150,6 +153,8 @@ const (
 	MaxCPUs     = 16
 	MaxMemoryMB = 64 * 1024
 	MinMemoryMB = 16
+	MinRootfsMB = 16
+	MaxRootfsMB = 1024 * 1024
 )
 
 // normalize fills defaults and validates c. Every error names the field.
@@ -174,6 +179,9 @@ func (c *Config) normalize() error {
 	}
 	if c.Guest.MemoryMB < MinMemoryMB || c.Guest.MemoryMB > MaxMemoryMB {
 		return bad("guest.memory_mb", "%d is out of range (%d to %d)", c.Guest.MemoryMB, MinMemoryMB, MaxMemoryMB)
+	}
+	if r := c.Guest.RootfsSizeMB; r != 0 && (r < MinRootfsMB || r > MaxRootfsMB) {
+		return bad("guest.rootfs_size_mb", "%d is out of range (%d to %d; 0 for the server's default)", r, MinRootfsMB, MaxRootfsMB)
 	}
 	for k := range c.Env {
 		if err := pier.ValidateEnvName(k); err != nil {

@@ -35,9 +35,9 @@ type Spec struct {
 	// RUN step is such a machine. The driver removes from it what it put
 	// there itself (its /etc/hosts, /etc/hostname, /etc/resolv.conf and the
 	// empty mount points it made), so it holds the machine's own changes
-	// only. The driver makes its overlay work directory beside it, Upper +
-	// ".work", and removes that too; Upper's parent must be on the same
-	// filesystem and writable by the driver.
+	// only. While the machine runs, the runc driver keeps the layer on the
+	// machine's own disk (Resources.DiskMB bounds it) and copies it into
+	// Upper when the machine is gone.
 	Upper string
 	// Mounts are host paths bound into the machine.
 	Mounts []Mount
@@ -82,6 +82,7 @@ type Resources struct {
 	CPUs     float64 // CPU time, in cores (e.g. 0.5)
 	MemoryMB int     // memory limit; exceeding it gets the machine OOM-killed
 	Pids     int     // maximum number of processes
+	DiskMB   int     // size of the machine's writable layer (its own root filesystem's writes)
 }
 
 // Execer is implemented by processes that can run a command inside the

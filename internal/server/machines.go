@@ -27,7 +27,7 @@ func isolatedRuntime(c Config, log *slog.Logger) (*runc.Driver, error) {
 		return nil, nil
 	}
 	d, err := runc.New(runc.Config{StateDir: filepath.Join(c.DataDir, "machines"), Subnet: c.Subnet, Bridge: c.Bridge, Log: log.With("component", "runc"),
-		ServiceSubnet: c.ServiceSubnet, MeshPort: c.MeshPort})
+		ServiceSubnet: c.ServiceSubnet, MeshPort: c.MeshPort, DiskMB: c.MachineDiskMB})
 	if err != nil {
 		if c.Runtime == "runc" {
 			return nil, err

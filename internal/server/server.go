@@ -59,6 +59,9 @@ type Config struct {
 	Runtime string
 	// Subnet and Bridge are the machines' network (runc runtime).
 	Subnet, Bridge string
+	// MachineDiskMB is the default size of a machine's writable layer
+	// (runc runtime; 0 for the driver's default).
+	MachineDiskMB int
 	// ServiceSubnet holds the apps' service addresses (<app>.internal)
 	// and MeshPort is the mesh's outbound port on the machines' gateway
 	// (runc runtime). TrustDomain names the mesh identities

@@ -182,19 +182,14 @@ func writeSysctl(key, value string) error {
 	return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
 }
 
-// setupNetns creates a network namespace pinned at nsPath, with loopback up,
-// IPv6 off, eth0 holding addr and a default route via the gateway, and the
-// host end of the veth pair attached to the bridge in isolated mode (bridge
-// ports in isolated mode cannot talk to each other, only to the bridge
-// itself, so machines cannot reach each other even on the same L2).
+// setupNetns sets up the network namespace pinned at nsPath (see
+// pinNamespaces): loopback up, IPv6 off, eth0 holding addr and a default
+// route via the gateway, and the host end of the veth pair attached to the
+// bridge in isolated mode (bridge ports in isolated mode cannot talk to
+// each other, only to the bridge itself, so machines cannot reach each
+// other even on the same L2).
 func setupNetns(nsPath, veth string, addr, gw netip.Addr, bits int, bridge netlink.Link) (err error) {
-	f, err := os.OpenFile(nsPath, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		return fmt.Errorf("netns file: %w", err)
-	}
-	f.Close()
-
-	// Namespace work happens on a locked thread that moves into the new
+	// Namespace work happens on a locked thread that moves into the
 	// netns and back. If it cannot move back, the thread stays locked and
 	// dies with the goroutine, so no other goroutine runs in the wrong
 	// namespace. (Letting threads die is otherwise avoided: a Pdeathsig
@@ -216,12 +211,19 @@ func setupNetns(nsPath, veth string, addr, gw netip.Addr, bits int, bridge netli
 			return
 		}
 		defer host.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		target, err := os.Open(nsPath)
+		if err != nil {
 			restored = true
-			errc <- fmt.Errorf("unshare netns: %w", err)
+			errc <- fmt.Errorf("open netns: %w", err)
 			return
 		}
-		err = inNewNetns(nsPath, int(host.Fd()), veth, addr, gw, bits)
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			restored = true
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		err = inNewNetns(int(host.Fd()), veth, addr, gw, bits)
 		if serr := unix.Setns(int(host.Fd()), unix.CLONE_NEWNET); serr == nil {
 			restored = true
 		} else if err == nil {
@@ -252,10 +254,7 @@ func setupNetns(nsPath, veth string, addr, gw netip.Addr, bits int, bridge netli
 // inNewNetns runs on a thread that is inside the new network namespace; the
 // netlink package-level calls open their sockets in the calling thread's
 // namespace, and /proc/sys/net shows the calling thread's namespace.
-func inNewNetns(nsPath string, hostFd int, veth string, addr, gw netip.Addr, bits int) error {
-	if err := unix.Mount("/proc/thread-self/ns/net", nsPath, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("pin netns: %w", err)
-	}
+func inNewNetns(hostFd int, veth string, addr, gw netip.Addr, bits int) error {
 	// Before any interface exists, so eth0 is born without IPv6.
 	for _, kv := range [][2]string{
 		{"net/ipv6/conf/all/disable_ipv6", "1"},
@@ -314,10 +313,7 @@ func removeNetns(nsPath, veth string) error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", veth, err))
 		}
 	}
-	if err := unmount(nsPath); err != nil {
-		errs = append(errs, err)
-	}
-	if err := os.Remove(nsPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := unpin(nsPath); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

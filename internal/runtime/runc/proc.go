@@ -65,8 +65,13 @@ func (p *proc) wait(cmd *exec.Cmd, copies *sync.WaitGroup, addr netip.Addr) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, terr := p.d.teardown(ctx, p.id); terr != nil {
+	if _, terr := p.d.teardownKeeping(ctx, p.id, p.kept); terr != nil {
 		p.log.Error("clean up machine", "err", terr)
+		if p.kept != nil && p.kept.scratch != "" && exit.Code == 0 && exit.Signal == "" {
+			// The machine succeeded but its changes are not all kept:
+			// the caller must not take the layer for its result.
+			exit.Code = 1
+		}
 	}
 	if p.kept != nil {
 		if ferr := p.kept.finish(); ferr != nil {

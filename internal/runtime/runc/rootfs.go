@@ -26,17 +26,8 @@ import (
 // must be a plain diff: no directory renames recorded as redirects and no
 // metadata-only copies, whatever the kernel's defaults.
 func mountRootfs(lowers []string, upper, work, target string, kept bool) error {
-	for _, l := range lowers {
-		if !filepath.IsAbs(l) || strings.ContainsAny(l, ":,") {
-			return fmt.Errorf("rootfs layer %q: want an absolute path without ':' or ','", l)
-		}
-		fi, err := os.Stat(l)
-		if err != nil {
-			return fmt.Errorf("rootfs layer: %w", err)
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("rootfs layer %s is not a directory", l)
-		}
+	if err := checkLayers(lowers); err != nil {
+		return err
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), upper, work)
 	if kept {
@@ -60,20 +51,40 @@ func mountRootfs(lowers []string, upper, work, target string, kept bool) error {
 	return nil
 }
 
+// checkLayers checks that every layer is an absolute directory path the
+// overlay options can carry.
+func checkLayers(lowers []string) error {
+	for _, l := range lowers {
+		if !filepath.IsAbs(l) || strings.ContainsAny(l, ":,") {
+			return fmt.Errorf("rootfs layer %q: want an absolute path without ':' or ','", l)
+		}
+		fi, err := os.Stat(l)
+		if err != nil {
+			return fmt.Errorf("rootfs layer: %w", err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("rootfs layer %s is not a directory", l)
+		}
+	}
+	return nil
+}
+
 // writeFiles places files in the upper layer before the overlay is mounted,
 // rather than writing through the merged view: the image is untrusted, and
 // a symlinked directory in it (say /etc -> /host/etc) would send a write
 // through the merged view to the host. The upper layer is a fresh directory
 // we made, so it has no symlinks. The cost: a file under a path whose
 // directory is a symlink in the image lands in a real directory shadowing
-// that symlink.
-func writeFiles(upper string, lowers []string, files []runtime.File) error {
+// that symlink. Files and directories get the owners they would have in
+// the machine, shifted onto its host ids (hostIDs is the host id of its
+// root).
+func writeFiles(upper string, lowers []string, files []runtime.File, hostIDs uint32) error {
 	for _, f := range files {
 		rel, err := cleanInside(f.Path)
 		if err != nil {
 			return err
 		}
-		if err := mkdirLike(upper, lowers, path.Dir(rel)); err != nil {
+		if err := mkdirLike(upper, lowers, path.Dir(rel), hostIDs); err != nil {
 			return err
 		}
 		mode := unixMode(f.Mode)
@@ -85,7 +96,10 @@ func writeFiles(upper string, lowers []string, files []runtime.File) error {
 		if err := os.WriteFile(p, f.Data, mode); err != nil {
 			return fmt.Errorf("write %s: %w", f.Path, err)
 		}
-		if err := os.Chmod(p, mode); err != nil { // past the umask
+		if err := os.Chown(p, int(hostIDs), int(hostIDs)); err != nil {
+			return err
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask, and after the chown, which clears set-id bits
 			return err
 		}
 	}
@@ -125,7 +139,7 @@ func cleanInside(p string) (string, error) {
 // and owner from the first lower layer that has that directory. An upper
 // directory's attributes win in the merged view, so a plain MkdirAll would
 // turn the image's /tmp (1777) into a 0755 root-only directory.
-func mkdirLike(upper string, lowers []string, dir string) error {
+func mkdirLike(upper string, lowers []string, dir string, hostIDs uint32) error {
 	if dir == "." || dir == "" {
 		return nil
 	}
@@ -164,7 +178,7 @@ func mkdirLike(upper string, lowers []string, dir string) error {
 		if err := os.Mkdir(p, 0o700); err != nil {
 			return err
 		}
-		if err := copyDirAttrs(p, like); err != nil {
+		if err := copyDirAttrs(p, like, hostIDs); err != nil {
 			return err
 		}
 	}
@@ -172,14 +186,15 @@ func mkdirLike(upper string, lowers []string, dir string) error {
 }
 
 // copyDirAttrs gives dir the mode and owner of like (0755 root when like
-// is "" or cannot be read; mountRootfs reports a missing layer).
-func copyDirAttrs(dir, like string) error {
+// is "" or cannot be read; mountRootfs reports a missing layer), the owner
+// shifted by hostIDs.
+func copyDirAttrs(dir, like string, hostIDs uint32) error {
 	mode, uid, gid := fs.FileMode(0o755), 0, 0
 	if fi, err := os.Stat(like); like != "" && err == nil {
 		st := fi.Sys().(*syscall.Stat_t)
 		mode, uid, gid = fi.Mode()&(fs.ModePerm|fs.ModeSticky|fs.ModeSetgid), int(st.Uid), int(st.Gid)
 	}
-	if err := os.Chown(dir, uid, gid); err != nil {
+	if err := os.Chown(dir, uid+int(hostIDs), gid+int(hostIDs)); err != nil {
 		return err
 	}
 	return os.Chmod(dir, mode)

@@ -1,12 +1,20 @@
 // Package runc is pier's isolating machine runtime. Each machine runs under
-// Debian's runc binary, driven with an OCI runtime spec: its own PID, mount,
-// UTS, IPC and network namespaces, cgroup limits, an overlay root
-// filesystem over read-only shared layers, and a private address on a pier
-// bridge. The host firewall keeps machines away from host services and from
-// each other; the host (the edge proxy) can reach every machine.
+// Debian's runc binary, driven with an OCI runtime spec: its own user, PID,
+// mount, UTS, IPC and network namespaces, cgroup limits, an overlay root
+// filesystem over read-only shared layers with a writable layer on a disk
+// of its own, and a private address on a pier bridge. The user namespace
+// maps the machine's ids onto a range of host ids no host user and no other
+// machine has (userns.go). The host firewall keeps machines away from host
+// services and from each other, and other pier servers' machines and
+// non-root host processes away from them; root on the host (the edge
+// proxy, the mesh) can reach every machine.
 //
-// On disk, a machine's overlay layers and mount and its pinned network
-// namespace live under StateDir/<id>, runc's own state under
+// On disk, a machine's idmapped layers, its disk image and mount and its
+// pinned user and network namespaces live under StateDir/<id>; its root
+// and binds are mounted for runc under /run/pier-roots/<hash> (owned by the
+// machine's root, so runc can reach them from inside the machine's user
+// namespace), and its claim on a range of host ids is a file in
+// /run/pier-ids; runc's own state is under
 // StateDir/runc-root, and its cgroups at /pier/<id> in every hierarchy. Its
 // runc bundle (config.json, which holds the machine's environment and so
 // its secrets, plus runc's pid file and log) lives under RunDir/<id>, on a
@@ -17,6 +25,8 @@ package runc
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +75,9 @@ type Config struct {
 	// no mesh.
 	ServiceSubnet string
 	MeshPort      int
+	// DiskMB is the size of a machine's writable layer when its spec sets
+	// none (default DefaultDiskMB).
+	DiskMB int
 	// Init is a static init binary run as every machine's pid 1 (default:
 	// Debian's /usr/bin/tini-static when installed; "none" runs commands as
 	// pid 1 themselves).
@@ -83,8 +96,9 @@ type Driver struct {
 	// swapLimit: memory limits can include swap (see swapAccounting).
 	swapLimit bool
 
-	mu   sync.Mutex
-	live map[string]bool // machines starting or running: Cleanup and ReconcileFirewall leave them alone
+	mu       sync.Mutex
+	live     map[string]bool // machines starting or running: Cleanup and ReconcileFirewall leave them alone
+	nextSlot int             // where the search for a free range of host ids starts (userns.go)
 }
 
 // ReconcileEvery is how often the driver removes host-port rules that name
@@ -152,6 +166,15 @@ func New(c Config) (*Driver, error) {
 		if _, err := exec.LookPath(bin); err != nil {
 			return nil, fmt.Errorf("runc runtime: %s not found on PATH: apt-get install iptables", bin)
 		}
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		return nil, errors.New("runc runtime: mkfs.ext4 not found on PATH (machines' disks are ext4 images): apt-get install e2fsprogs")
+	}
+	switch {
+	case c.DiskMB == 0:
+		c.DiskMB = DefaultDiskMB
+	case c.DiskMB < MinDiskMB:
+		return nil, fmt.Errorf("runc runtime: disk size %d MB: at least %d", c.DiskMB, MinDiskMB)
 	}
 	abs, err := filepath.Abs(c.StateDir)
 	if err != nil {
@@ -267,6 +290,25 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 func (d *Driver) layers(id string) string { return filepath.Join(d.cfg.StateDir, id) }
 func (d *Driver) bundle(id string) string { return filepath.Join(d.cfg.RunDir, id) }
 
+// roots is where a machine's root and binds are mounted for runc: a
+// directory owned by the machine's root, 0700, under rootsDir (0711, so
+// no one can list it). Named after the layers directory, so machines of
+// two servers never share one.
+func (d *Driver) roots(id string) string {
+	sum := sha256.Sum256([]byte(d.layers(id)))
+	return filepath.Join(rootsDir, hex.EncodeToString(sum[:12]))
+}
+
+// rootsDir is host-wide, on a tmpfs: it holds mount points only.
+var rootsDir = "/run/pier-roots"
+
+func makeRootsDir() error {
+	if err := os.MkdirAll(rootsDir, 0o711); err != nil {
+		return err
+	}
+	return os.Chmod(rootsDir, 0o711)
+}
+
 // Start creates and starts a machine; it returns once the machine's command
 // is running. ctx bounds the start only, not the machine's life.
 func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
@@ -305,7 +347,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		if handedOff {
 			return
 		}
-		if _, terr := d.teardown(context.Background(), id); terr != nil {
+		if _, terr := d.teardownKeeping(context.Background(), id, kept); terr != nil {
 			log.Warn("clean up after failed start", "err", terr)
 		}
 		if kept != nil { // after the teardown has unmounted the overlay
@@ -320,32 +362,80 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	}()
 
 	// A machine of the same id is a leftover of a crash; it is not live.
-	if exists(b) || exists(run) {
+	if exists(b) || exists(run) || exists(d.roots(id)) {
 		if _, err := d.teardown(ctx, id); err != nil {
 			return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
 		}
 	}
-	upper, work, rootfs := filepath.Join(b, "upper"), filepath.Join(b, "work"), filepath.Join(b, "rootfs")
-	dirs := []string{b, upper, work, rootfs, run}
+	diskMB := spec.Resources.DiskMB
+	if diskMB == 0 {
+		diskMB = d.cfg.DiskMB
+	}
+	if diskMB < MinDiskMB {
+		return nil, fmt.Errorf("disk size %d MB: at least %d", diskMB, MinDiskMB)
+	}
+	roots := d.roots(id)
+	if err := makeRootsDir(); err != nil {
+		return nil, err
+	}
+	disk := filepath.Join(b, "disk")
+	upper, work, rootfs := filepath.Join(disk, "upper"), filepath.Join(disk, "work"), filepath.Join(roots, "rootfs")
+	dirs := []string{b, disk, roots, rootfs, run}
 	if spec.Upper != "" {
 		if kept, err = newKeptUpper(spec.Upper); err != nil {
 			return nil, err
 		}
-		upper, work = kept.upper, kept.work
-		dirs = []string{b, rootfs, run}
 	}
 	for _, dir := range dirs {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return nil, err
 		}
 	}
-	// The upper layer's root is the merged "/", and an upper directory's
-	// mode and owner win: give it the image's.
-	if err := copyDirAttrs(upper, spec.Rootfs[0]); err != nil {
+	// The machine's writable layer, limited to its disk size.
+	if err := makeDisk(ctx, filepath.Join(b, "disk.img"), disk, diskMB); err != nil {
+		return nil, err
+	}
+	for _, dir := range []string{upper, work} {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkLayers(spec.Rootfs); err != nil {
 		return nil, err
 	}
 	uid, gid, err := identity(spec.User, spec.Rootfs)
 	if err != nil {
+		return nil, err
+	}
+	// The machine's own host ids, and the layers and host directories it
+	// sees through them (see userns.go).
+	ids, err := d.claimIDs(b)
+	if err != nil {
+		return nil, err
+	}
+	if kept != nil {
+		if err := kept.copyIn(upper, ids.base()); err != nil {
+			return nil, err
+		}
+	}
+	// runc mounts the root and the binds from inside the machine's user
+	// namespace, so its root must be able to reach them: its own directory
+	// outside the private data dir.
+	if err := os.Chown(roots, int(ids.base()), int(ids.base())); err != nil {
+		return nil, err
+	}
+	usernsPath, nsPath := filepath.Join(b, "userns"), filepath.Join(b, "netns")
+	if err := pinNamespaces(ids, usernsPath, nsPath); err != nil {
+		return nil, err
+	}
+	lowers, mounts, err := idmapAll(filepath.Join(b, "lower"), filepath.Join(roots, "bind"), usernsPath, spec.Rootfs, spec.Mounts)
+	if err != nil {
+		return nil, err
+	}
+	spec.Mounts = mounts
+	// The upper layer's root is the merged "/", and an upper directory's
+	// mode and owner win: give it the image's.
+	if err := copyDirAttrs(upper, spec.Rootfs[0], ids.base()); err != nil {
 		return nil, err
 	}
 	if addr, err = d.ipam.alloc(spec.DenyOutbound); err != nil {
@@ -354,7 +444,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	// The network and the root filesystem are independent: set them up
 	// side by side (a few ms each). Every path out of here waits for
 	// both, so the teardown never races a half-made namespace.
-	nsPath := filepath.Join(b, "netns")
 	netErr := make(chan error, 1)
 	go func() {
 		netErr <- setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge)
@@ -368,15 +457,16 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if port == 0 {
 		port = defaultPort
 	}
-	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid, swapLimit: d.swapLimit, init: d.cfg.Init})
+	s, err := ociSpec(machine{spec: spec, rootfs: rootfs, netns: nsPath, userns: usernsPath, cgroup: cgroupPath(id), port: port, uid: uid, gid: gid,
+		hostIDs: ids.base(), swapLimit: d.swapLimit, init: d.cfg.Init})
 	if err == nil && kept != nil {
 		kept.note([]string{base[0].Path, base[1].Path, base[2].Path}, s.Mounts)
 	}
 	if err == nil {
-		err = writeFiles(upper, spec.Rootfs, append(base, spec.Files...))
+		err = writeFiles(upper, spec.Rootfs, append(base, spec.Files...), ids.base())
 	}
 	if err == nil {
-		err = mountRootfs(spec.Rootfs, upper, work, rootfs, kept != nil)
+		err = mountRootfs(lowers, upper, work, rootfs, kept != nil)
 	}
 	if nerr := <-netErr; err == nil {
 		err = nerr
@@ -472,6 +562,13 @@ func cgroupPath(id string) string { return "/pier/" + id }
 // teardown removes everything a machine may have on the host; each step
 // tolerates its part being gone already. found says whether anything was.
 func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error) {
+	return d.teardownKeeping(ctx, id, nil)
+}
+
+// teardownKeeping is teardown that first collects the machine's changes
+// into the caller's layer, when it has one (between unmounting the
+// overlay and unmounting the machine's disk).
+func (d *Driver) teardownKeeping(ctx context.Context, id string, kept *keptUpper) (found bool, err error) {
 	b := d.layers(id)
 	var errs []error
 	if _, serr := os.Stat(filepath.Join(d.root, id)); serr == nil {
@@ -506,8 +603,31 @@ func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error
 	if err := removeNetns(filepath.Join(b, "netns"), veth); err != nil {
 		errs = append(errs, err)
 	}
-	if err := unmount(filepath.Join(b, "rootfs")); err != nil {
+	if err := unpin(filepath.Join(b, "userns")); err != nil {
 		errs = append(errs, err)
+	}
+	roots := d.roots(id)
+	if err := unmount(filepath.Join(roots, "rootfs")); err != nil {
+		errs = append(errs, err)
+	}
+	if kept != nil {
+		if err := kept.collect(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := unmount(filepath.Join(b, "disk")); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmountIdmapped(filepath.Join(b, "lower"), filepath.Join(roots, "bind")); err != nil {
+		errs = append(errs, err)
+	}
+	if _, serr := os.Stat(roots); serr == nil {
+		found = true
+		if mounted := mountsUnder(roots); len(mounted) > 0 {
+			errs = append(errs, fmt.Errorf("%s still has mounts %v: not removing it", roots, mounted))
+		} else if rerr := os.RemoveAll(roots); rerr != nil {
+			errs = append(errs, rerr)
+		}
 	}
 	if n, err := removeCgroups(id); n > 0 || err != nil {
 		found = true
@@ -520,6 +640,8 @@ func (d *Driver) teardown(ctx context.Context, id string) (found bool, err error
 		// Never RemoveAll through a mount: it would delete inside it.
 		if mounted := mountsUnder(b); len(mounted) > 0 {
 			errs = append(errs, fmt.Errorf("%s still has mounts %v: not removing it", b, mounted))
+		} else if rerr := releaseIDs(b); rerr != nil {
+			errs = append(errs, rerr)
 		} else if rerr := os.RemoveAll(b); rerr != nil {
 			errs = append(errs, rerr)
 		}

@@ -178,6 +178,12 @@ func leaks() []string {
 	for _, l := range strayVeths(testBridge, nil) {
 		out = append(out, "veth: "+l.Attrs().Name)
 	}
+	claims, _ := os.ReadDir(idsDir)
+	for _, c := range claims {
+		if owner, err := os.ReadFile(filepath.Join(idsDir, c.Name())); err == nil && strings.HasPrefix(string(owner), stateDir+"/") {
+			out = append(out, "host id range: "+c.Name()+" of "+string(owner))
+		}
+	}
 	cgs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/*/pier/t%d-*", os.Getpid()))
 	out = append(out, cgs...)
 	return out
@@ -1052,7 +1058,7 @@ func TestStaleHostRulesAreRemoved(t *testing.T) {
 // nothing there.
 func TestRootfsMountedNosuidNodev(t *testing.T) {
 	m := start(t, nil)
-	target := filepath.Join(drv.layers(m.id), "rootfs")
+	target := filepath.Join(drv.roots(m.id), "rootfs")
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
@@ -1184,5 +1190,153 @@ func TestLocalUsersCannotReachMachines(t *testing.T) {
 	}
 	if err := dial(0); err != nil {
 		t.Errorf("root cannot connect to the machine (the probe is broken): %v", err)
+	}
+}
+
+// hostIDs reads the real uid and gid of a host process.
+func hostIDs(t *testing.T, pid int) (uid, gid uint32) {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && f[0] == "Uid:" {
+			fmt.Sscan(f[1], &uid)
+		}
+		if len(f) > 1 && f[0] == "Gid:" {
+			fmt.Sscan(f[1], &gid)
+		}
+	}
+	return uid, gid
+}
+
+// asHostUser runs a shell command on the host as uid:uid.
+func asHostUser(uid uint32, script string) error {
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// Machines share no host id with host users or with each other: a host
+// process running as nobody cannot read the environment of a machine
+// running as nobody, nor write into its filesystem through /proc; root in
+// a machine is not root on the host.
+func TestMachinesShareNoHostIDs(t *testing.T) {
+	secret := "SECRET=s3cr3t-of-the-machine"
+	asNobody := start(t, func(s *runtime.Spec) { s.User = "65534:65534"; s.Env = append(s.Env, secret) })
+	asRoot := start(t, nil)
+	uid, gid := hostIDs(t, asNobody.PID())
+	if uid == 65534 || gid == 65534 || uid < idBase {
+		t.Errorf("a machine's nobody runs as host %d:%d: shared with the host's nobody", uid, gid)
+	}
+	rootUID, _ := hostIDs(t, asRoot.PID())
+	if rootUID == 0 || rootUID < idBase {
+		t.Errorf("a machine's root runs as host uid %d", rootUID)
+	}
+	if rootUID/idSize == uid/idSize {
+		t.Errorf("two machines share the host id range of %d", rootUID)
+	}
+	// Inside, the ids are the ones asked for.
+	if _, status := get(t, asNobody, "/read", url.Values{"path": {"/proc/self/status"}}); !strings.Contains(status, "Uid:\t65534\t") {
+		t.Errorf("machine's own view of its uid:\n%s", status)
+	}
+
+	environ := fmt.Sprintf("/proc/%d/environ", asNobody.PID())
+	if err := asHostUser(65534, "cat "+environ); err == nil {
+		t.Errorf("a host process as nobody read %s", environ)
+	}
+	planted := fmt.Sprintf("/proc/%d/root/tmp/planted", asNobody.PID())
+	if err := asHostUser(65534, "echo x > "+planted); err == nil {
+		t.Errorf("a host process as nobody wrote %s", planted)
+	}
+	if code, _ := get(t, asNobody, "/read", url.Values{"path": {"/tmp/planted"}}); code == 200 {
+		t.Error("the planted file is in the machine")
+	}
+	// The probes work: root on the host does both.
+	if data, err := os.ReadFile(environ); err != nil || !strings.Contains(string(data), secret) {
+		t.Fatalf("host root cannot read %s (the probe is broken): %v", environ, err)
+	}
+}
+
+// A kept upper layer holds the ids the machine saw, not the host ids it
+// ran under, so a Dockerfile RUN step's layer has the owners it made.
+func TestKeptUpperKeepsMachineIDs(t *testing.T) {
+	upper := filepath.Join(t.TempDir(), "layer")
+	if err := os.Mkdir(upper, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m := start(t, func(s *runtime.Spec) { s.Upper = upper; s.User = "1000:1000" })
+	if code, body := get(t, m, "/write", url.Values{"path": {"/tmp/made"}, "data": {"x"}}); code != 200 {
+		t.Fatalf("write: %d %s", code, body)
+	}
+	stop(t, m)
+	fi, err := os.Lstat(filepath.Join(upper, "tmp", "made"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 1000 || st.Gid != 1000 {
+		t.Errorf("/tmp/made in the kept layer is owned by %d:%d, want 1000:1000", st.Uid, st.Gid)
+	}
+	fi, err = os.Lstat(filepath.Join(upper, "tmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 {
+		t.Errorf("/tmp in the kept layer is owned by %d, want 0 as in the image", st.Uid)
+	}
+}
+
+// A machine fills its own disk and nothing else: writes past its size fail
+// inside it, the host's free space is untouched beyond that size, and the
+// next machine starts with an empty disk.
+func TestDiskQuota(t *testing.T) {
+	var before unix.Statfs_t
+	if err := unix.Statfs(stateDir, &before); err != nil {
+		t.Fatal(err)
+	}
+	m := start(t, func(s *runtime.Spec) { s.Resources.DiskMB = 64 })
+	_, body := get(t, m, "/fill", url.Values{"path": {"/tmp/big"}, "mb": {"256"}})
+	var wrote int
+	fmt.Sscanf(body, "wrote %d MB", &wrote)
+	if wrote >= 64 || !strings.Contains(body, "no space left on device") {
+		t.Errorf("a machine with a 64 MB disk: %q", body)
+	}
+	var after unix.Statfs_t
+	if err := unix.Statfs(stateDir, &after); err != nil {
+		t.Fatal(err)
+	}
+	if used := (int64(before.Bavail) - int64(after.Bavail)) * before.Bsize >> 20; used > 80 {
+		t.Errorf("the host lost %d MB of free space to a machine with a 64 MB disk", used)
+	}
+	// Its /dev/shm is a tmpfs of its own size, not the host's memory.
+	if _, body := get(t, m, "/fill", url.Values{"path": {"/dev/shm/big"}, "mb": {"256"}}); !strings.Contains(body, "no space left on device") {
+		t.Errorf("/dev/shm: %q", body)
+	}
+	stop(t, m)
+	fresh := start(t, func(s *runtime.Spec) { s.Resources.DiskMB = 64 })
+	if _, body := get(t, fresh, "/fill", url.Values{"path": {"/tmp/big"}, "mb": {"32"}}); !strings.HasPrefix(body, "wrote 32 MB: <nil>") {
+		t.Errorf("the next machine's disk is not empty: %q", body)
+	}
+	// A kept layer (a Dockerfile RUN step's) is bounded the same way.
+	upper := filepath.Join(t.TempDir(), "layer")
+	if err := os.Mkdir(upper, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kept := start(t, func(s *runtime.Spec) { s.Resources.DiskMB = 64; s.Upper = upper })
+	if _, body := get(t, kept, "/fill", url.Values{"path": {"/tmp/big"}, "mb": {"256"}}); !strings.Contains(body, "no space left on device") {
+		t.Errorf("a kept layer on a 64 MB disk: %q", body)
+	}
+	stop(t, kept)
+	if fi, err := os.Stat(filepath.Join(upper, "tmp", "big")); err != nil || fi.Size() == 0 || fi.Size() > 64<<20 {
+		t.Errorf("the kept layer's file: %v, %v", fi, err)
+	}
+	if _, err := drv.Start(context.Background(), runtime.Spec{ID: newID(), Command: []string{"/bin/machine"}, Rootfs: []string{rootfsDir},
+		Resources: runtime.Resources{DiskMB: 1}}); err == nil || !strings.Contains(err.Error(), "at least") {
+		t.Errorf("a 1 MB disk: %v", err)
 	}
 }

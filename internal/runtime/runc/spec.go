@@ -57,9 +57,11 @@ type machine struct {
 	spec     runtime.Spec
 	rootfs   string // merged overlay
 	netns    string
+	userns   string // the machine's user namespace, pinned (pinNamespaces)
 	cgroup   string
 	port     int
 	uid, gid uint32
+	hostIDs  uint32 // host id of the machine's root (its user namespace's range)
 	init     string // host path of a static init run as pid 1; "" for none
 	// swapLimit: the host accounts swap per cgroup, so memory+swap can be
 	// limited (cgroup v1 only does with swapaccount=1).
@@ -194,7 +196,10 @@ func ociSpec(m machine) (*specs.Spec, error) {
 				{Type: specs.IPCNamespace},
 				{Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace},
+				{Type: specs.UserNamespace, Path: m.userns},
 			},
+			UIDMappings:   []specs.LinuxIDMapping{{ContainerID: 0, HostID: m.hostIDs, Size: idSize}},
+			GIDMappings:   []specs.LinuxIDMapping{{ContainerID: 0, HostID: m.hostIDs, Size: idSize}},
 			MaskedPaths:   slices.Clone(maskedPaths),
 			ReadonlyPaths: slices.Clone(readonlyPaths),
 			Seccomp:       seccomp(),

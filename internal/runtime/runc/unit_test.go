@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/pier-dev/pier/internal/runtime"
@@ -169,9 +170,19 @@ func TestWriteFiles(t *testing.T) {
 		{Path: "/bin/tool", Data: []byte("#!"), Mode: 0o4755},
 		{Path: "/etc/../etc/x", Data: []byte("1")},
 		{Path: "/etc/x", Data: []byte("2")}, // a later file of the same path wins
-	})
+	}, idBase)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Owners are the machine's root's host id, for files and directories.
+	for _, p := range []string{"tmp", "tmp/a", "tmp/a/b.txt", "bin/tool", "etc/x"} {
+		fi, err := os.Lstat(filepath.Join(upper, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != idBase || st.Gid != idBase {
+			t.Errorf("/%s is owned by %d:%d, want the machine's root %d", p, st.Uid, st.Gid, uint32(idBase))
+		}
 	}
 	fi, _ := os.Stat(filepath.Join(upper, "tmp"))
 	if fi.Mode()&fs.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
@@ -185,7 +196,7 @@ func TestWriteFiles(t *testing.T) {
 		t.Errorf("/etc/x = %q", data)
 	}
 	for _, bad := range []string{"relative", "/"} {
-		if err := writeFiles(upper, nil, []runtime.File{{Path: bad}}); err == nil {
+		if err := writeFiles(upper, nil, []runtime.File{{Path: bad}}, 0); err == nil {
 			t.Errorf("path %q accepted", bad)
 		}
 	}
@@ -193,14 +204,14 @@ func TestWriteFiles(t *testing.T) {
 	os.Mkdir(filepath.Join(lower, "secret"), 0o700)
 	os.Mkdir(filepath.Join(lower, "secret", "sub"), 0o700)
 	os.Symlink(filepath.Join(lower, "secret"), filepath.Join(lower, "link"))
-	if err := writeFiles(upper, []string{lower}, []runtime.File{{Path: "/link/sub/f", Data: []byte("x")}}); err != nil {
+	if err := writeFiles(upper, []string{lower}, []runtime.File{{Path: "/link/sub/f", Data: []byte("x")}}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if fi, _ := os.Stat(filepath.Join(upper, "link", "sub")); fi.Mode().Perm() != 0o755 {
 		t.Errorf("/link/sub took the attributes of the symlink's target: %v", fi.Mode())
 	}
 	// ".." cannot climb out of the upper layer.
-	if err := writeFiles(upper, nil, []runtime.File{{Path: "/../../escape", Data: []byte("x")}}); err != nil {
+	if err := writeFiles(upper, nil, []runtime.File{{Path: "/../../escape", Data: []byte("x")}}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(upper, "escape")); err != nil {

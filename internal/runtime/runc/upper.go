@@ -3,6 +3,7 @@ package runc
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -19,7 +20,12 @@ import (
 // there is taken out again at the end, so that the layer is the diff of
 // what ran in the machine, as a Dockerfile build needs it.
 type keptUpper struct {
-	upper, work string
+	upper string // the caller's directory
+	// scratch is the overlay's upper directory while the machine runs: on
+	// the machine's own disk, so that its size bounds the layer. The
+	// caller's directory is copied in before the machine starts and the
+	// machine's layer copied out after (collect). "" until copied in.
+	scratch string
 	// files are the driver's own files (relative to upper): /etc/hosts
 	// and its like, which the machine may read and even change, but which
 	// are never part of what it made (as with Docker, where they are bind
@@ -30,10 +36,45 @@ type keptUpper struct {
 	// files, and mount points runc makes when the image lacks them. They
 	// are removed when found empty (and not opaque), deepest first.
 	stubs []string
+	// hostIDs is the host id of the machine's root: in scratch, the
+	// layer's owners are shifted onto its range (userns.go).
+	hostIDs uint32
 }
 
-// newKeptUpper checks the caller's upper directory and makes the overlay
-// work directory beside it (overlayfs wants both on one filesystem).
+// copyIn puts what the caller's layer holds into scratch, shifted onto
+// the machine's host ids.
+func (k *keptUpper) copyIn(scratch string, hostIDs uint32) error {
+	if err := copyLayer(k.upper, scratch, 0, int64(hostIDs)); err != nil {
+		return fmt.Errorf("upper layer: %w", err)
+	}
+	k.scratch, k.hostIDs = scratch, hostIDs
+	return nil
+}
+
+// collect replaces the caller's layer with what the machine left in
+// scratch, back on the ids the machine saw. It runs once the overlay is
+// unmounted and before the machine's disk is.
+func (k *keptUpper) collect() error {
+	if k.scratch == "" {
+		return nil
+	}
+	entries, err := os.ReadDir(k.upper)
+	if err != nil {
+		return fmt.Errorf("upper layer: %w", err)
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(k.upper, e.Name())); err != nil {
+			return fmt.Errorf("upper layer: %w", err)
+		}
+	}
+	if err := copyLayer(k.scratch, k.upper, k.hostIDs, -int64(k.hostIDs)); err != nil {
+		return fmt.Errorf("upper layer: keep the machine's changes: %w", err)
+	}
+	k.scratch = ""
+	return nil
+}
+
+// newKeptUpper checks the caller's upper directory.
 func newKeptUpper(upper string) (*keptUpper, error) {
 	if !filepath.IsAbs(upper) || strings.ContainsAny(upper, ":,") {
 		return nil, fmt.Errorf("upper layer %q: want an absolute path without ':' or ','", upper)
@@ -46,15 +87,7 @@ func newKeptUpper(upper string) (*keptUpper, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("upper layer %s is not a directory", upper)
 	}
-	work := upper + ".work"
-	// A leftover of a crash: overlayfs refuses a used work directory.
-	if err := os.RemoveAll(work); err != nil {
-		return nil, fmt.Errorf("upper layer: %w", err)
-	}
-	if err := os.Mkdir(work, 0o700); err != nil {
-		return nil, fmt.Errorf("upper layer: %w", err)
-	}
-	return &keptUpper{upper: upper, work: work}, nil
+	return &keptUpper{upper: upper}, nil
 }
 
 // note records, before anything is written to the upper layer, the
@@ -88,8 +121,8 @@ func (k *keptUpper) note(files []string, mounts []specs.Mount) {
 	})
 }
 
-// finish takes the driver's files and empty stubs out of the upper layer
-// and removes the work directory. It runs once the overlay is unmounted.
+// finish takes the driver's files and empty stubs out of the caller's
+// layer. It runs after collect.
 func (k *keptUpper) finish() error {
 	var errs []error
 	for _, f := range k.files {
@@ -122,9 +155,6 @@ func (k *keptUpper) finish() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.RemoveAll(k.work); err != nil {
-		errs = append(errs, err)
-	}
 	if len(errs) > 0 {
 		return fmt.Errorf("upper layer %s: %w", k.upper, errors.Join(errs...))
 	}
@@ -136,4 +166,117 @@ func opaque(dir string) bool {
 	buf := make([]byte, 8)
 	n, err := unix.Lgetxattr(dir, "trusted.overlay.opaque", buf)
 	return err == nil && n == 1 && buf[0] == 'y'
+}
+
+// copyLayer copies the overlay layer at src into dst (an empty or missing
+// directory), keeping what overlayfs and a layer need: directories,
+// regular files, symlinks, whiteouts (0/0 character devices) and other
+// device nodes as entries, modes with their set-id bits, modification
+// times, and the trusted.overlay.* and user.* attributes; file
+// capabilities are left behind (see internal/image). Owners in
+// [from, from+idSize) move by delta; others are kept. Hard links are
+// copied as separate files.
+func copyLayer(src, dst string, from uint32, delta int64) error {
+	return filepath.WalkDir(src, func(p string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			if err := os.Mkdir(to, 0o700); err != nil && !(rel == "." && errors.Is(err, os.ErrExist)) {
+				return err
+			}
+		case unix.S_IFREG:
+			if err := copyFile(p, to); err != nil {
+				return err
+			}
+		case unix.S_IFLNK:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			if err := os.Symlink(target, to); err != nil {
+				return err
+			}
+		case unix.S_IFCHR, unix.S_IFBLK, unix.S_IFIFO:
+			if err := unix.Mknod(to, st.Mode, int(st.Rdev)); err != nil {
+				return err
+			}
+		default:
+			return nil // sockets mean nothing in a layer
+		}
+		uid, gid := int64(st.Uid), int64(st.Gid)
+		if st.Uid >= from && st.Uid-from < idSize {
+			uid += delta
+		}
+		if st.Gid >= from && st.Gid-from < idSize {
+			gid += delta
+		}
+		if err := os.Lchown(to, int(uid), int(gid)); err != nil {
+			return err
+		}
+		if err := copyXattrs(p, to); err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			if err := unix.Chmod(to, st.Mode&0o7777); err != nil { // after the chown, which clears set-id bits
+				return err
+			}
+		}
+		ts := []unix.Timespec{st.Atim, st.Mtim}
+		return unix.UtimesNanoAt(unix.AT_FDCWD, to, ts, unix.AT_SYMLINK_NOFOLLOW)
+	})
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// copyXattrs copies the attributes of a layer entry that overlayfs and
+// images use (trusted.overlay.*, user.*).
+func copyXattrs(src, dst string) error {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(src, buf)
+	if err != nil {
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil
+		}
+		return fmt.Errorf("list attributes of %s: %w", src, err)
+	}
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if !strings.HasPrefix(name, "trusted.overlay.") && !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		val := make([]byte, 64<<10)
+		m, err := unix.Lgetxattr(src, name, val)
+		if err != nil {
+			return fmt.Errorf("read %s of %s: %w", name, src, err)
+		}
+		if err := unix.Lsetxattr(dst, name, val[:m], 0); err != nil {
+			return fmt.Errorf("set %s on %s: %w", name, dst, err)
+		}
+	}
+	return nil
 }

@@ -49,6 +49,28 @@ func main() {
 		}
 		fmt.Fprint(w, "written")
 	})
+	// /fill writes up to mb MB of zeros to path, then reports how much it
+	// wrote and the error that stopped it, if any.
+	mux.HandleFunc("/fill", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.FormValue("mb"))
+		f, err := os.Create(r.FormValue("path"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		chunk := make([]byte, 1<<20)
+		n := 0
+		for ; n < mb; n++ {
+			if _, err = f.Write(chunk); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		fmt.Fprintf(w, "wrote %d MB: %v", n, err)
+	})
 	mux.HandleFunc("/ls", func(w http.ResponseWriter, r *http.Request) {
 		entries, err := os.ReadDir(r.FormValue("path"))
 		if err != nil {
