@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pier-dev/pier/internal/fspath"
 )
 
 // seedGoCache starts an app's empty Go build cache as a copy of the
@@ -118,7 +120,7 @@ func copyTreeAs(src, dst string, uid, gid int) error {
 			if err != nil {
 				return err
 			}
-			if err := copyFile(p, target, fi.Mode().Perm()); err != nil {
+			if err := fspath.CopyFile(p, target, fi.Mode().Perm()); err != nil {
 				return err
 			}
 			// Go's cache trims by modification time: keep it.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pier-dev/pier/internal/baseimage"
 	"github.com/pier-dev/pier/internal/dockerfile"
+	"github.com/pier-dev/pier/internal/fspath"
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/pier"
 )
@@ -243,7 +244,7 @@ func (im *Imager) serverLayer() (v1.Layer, string, error) {
 		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 			return nil, "", err
 		}
-		if err := copyFile(im.Self, bin, 0o755); err != nil {
+		if err := fspath.CopyFile(im.Self, bin, 0o755); err != nil {
 			return nil, "", err
 		}
 		if err := writeTreeLayer(filepath.Join(tmp, "layer.tar.gz"), filepath.Join(tmp, "rootfs", ".pier"), ".pier"); err != nil {
@@ -258,23 +259,6 @@ func (im *Imager) serverLayer() (v1.Layer, string, error) {
 		return nil, "", err
 	}
 	return l, id, nil
-}
-
-func copyFile(src, dst string, mode fs.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // writeTreeLayer writes the tree at dir as a gzipped tar layer whose

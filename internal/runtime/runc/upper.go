@@ -3,7 +3,6 @@ package runc
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/pier-dev/pier/internal/fspath"
 )
 
 // keptUpper is a writable layer the caller owns (runtime.Spec.Upper): the
@@ -196,7 +197,7 @@ func copyLayer(src, dst string, from uint32, delta int64) error {
 				return err
 			}
 		case unix.S_IFREG:
-			if err := copyFile(p, to); err != nil {
+			if err := fspath.CopyFile(p, to, 0o600); err != nil {
 				return err
 			}
 		case unix.S_IFLNK:
@@ -235,23 +236,6 @@ func copyLayer(src, dst string, from uint32, delta int64) error {
 		ts := []unix.Timespec{st.Atim, st.Mtim}
 		return unix.UtimesNanoAt(unix.AT_FDCWD, to, ts, unix.AT_SYMLINK_NOFOLLOW)
 	})
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // copyXattrs copies the attributes of a layer entry that overlayfs and
