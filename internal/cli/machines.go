@@ -90,6 +90,7 @@ func (e *env) machinesRunCmd() *cobra.Command {
 	f.StringVar(&req.Name, "name", "", "machine name (default: generated)")
 	f.IntVar(&req.Config.Guest.CPUs, "cpus", 1, "CPU cores")
 	f.IntVar(&req.Config.Guest.MemoryMB, "memory", 256, "memory limit in MB (exceeding it gets the machine OOM-killed)")
+	f.IntVar(&req.Config.Guest.RootfsSizeMB, "disk", 0, "what the machine may write to its root filesystem, in MB (default: the server's --machine-disk-mb)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable NAME=VALUE (repeatable)")
 	f.IntVar(&port, "port", 0, "port the machine listens on (passed as PORT)")
 	f.StringVar(&req.Config.Restart.Policy, "restart", "", "restart policy: no, always or on-failure (default)")

@@ -491,6 +491,20 @@ func TestMachinesAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("disk quota", func(t *testing.T) {
+		m := create(map[string]any{"image": ref, "guest": map[string]any{"rootfs_size_mb": 32},
+			"init": map[string]any{"cmd": []string{"sleep", "300"}}})
+		waitState(m.ID, "started")
+		// Sandbox code fills its disk: the write fails in the machine.
+		r := execIn(m.ID, "sh", "-c", "busybox dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1")
+		if !strings.Contains(r.Stdout, "No space left on device") {
+			t.Errorf("filling a 32 MB disk: %+v", r)
+		}
+		if code := s.apiCall("DELETE", base+"/"+m.ID+"?force=true", nil, nil); code != 200 {
+			t.Errorf("destroy = %d", code)
+		}
+	})
+
 	t.Run("cli", func(t *testing.T) {
 		out := s.mustPier("machines", "list", "-a", "sbx")
 		if !strings.Contains(out, web.ID) || !strings.Contains(out, "started") {
