@@ -99,6 +99,7 @@ type Driver struct {
 	mu       sync.Mutex
 	live     map[string]bool // machines starting or running: Cleanup and ReconcileFirewall leave them alone
 	nextSlot int             // where the search for a free range of host ids starts (userns.go)
+	diskMu   sync.Mutex      // makes disk templates one at a time (disk.go)
 }
 
 // ReconcileEvery is how often the driver removes host-port rules that name
@@ -392,14 +393,27 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		}
 	}
 	// The machine's writable layer, limited to its disk size.
-	if err := makeDisk(ctx, filepath.Join(b, "disk.img"), disk, diskMB); err != nil {
-		return nil, err
-	}
-	for _, dir := range []string{upper, work} {
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			return nil, err
+	// It is made (a few tens of ms, mostly mkfs) while the namespaces and
+	// idmapped mounts are; every path out of here waits for it.
+	diskc := make(chan error, 1)
+	go func() {
+		err := d.makeDisk(ctx, filepath.Join(b, "disk.img"), disk, diskMB)
+		for _, dir := range []string{upper, work} {
+			if err == nil {
+				err = os.Mkdir(dir, 0o700)
+			}
 		}
+		diskc <- err
+	}()
+	diskWaited := false
+	waitDisk := func() error {
+		if diskWaited {
+			return nil
+		}
+		diskWaited = true
+		return <-diskc
 	}
+	defer waitDisk() // before the teardown of a failed start, deferred earlier
 	if err := checkLayers(spec.Rootfs); err != nil {
 		return nil, err
 	}
@@ -412,11 +426,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	ids, err := d.claimIDs(b)
 	if err != nil {
 		return nil, err
-	}
-	if kept != nil {
-		if err := kept.copyIn(upper, ids.base()); err != nil {
-			return nil, err
-		}
 	}
 	// runc mounts the root and the binds from inside the machine's user
 	// namespace, so its root must be able to reach them: its own directory
@@ -433,6 +442,14 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		return nil, err
 	}
 	spec.Mounts = mounts
+	if err := waitDisk(); err != nil {
+		return nil, err
+	}
+	if kept != nil {
+		if err := kept.copyIn(upper, ids.base()); err != nil {
+			return nil, err
+		}
+	}
 	// The upper layer's root is the merged "/", and an upper directory's
 	// mode and owner win: give it the image's.
 	if err := copyDirAttrs(upper, spec.Rootfs[0], ids.base()); err != nil {

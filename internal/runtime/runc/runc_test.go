@@ -167,7 +167,7 @@ func leaks() []string {
 	}
 	entries, _ := os.ReadDir(stateDir)
 	for _, e := range entries {
-		if e.Name() != runcRoot {
+		if e.Name() != runcRoot && e.Name() != disksDir {
 			out = append(out, "layers: "+e.Name())
 		}
 	}
