@@ -36,14 +36,23 @@ func (d *Driver) makeDisk(ctx context.Context, img, dir string, sizeMB int) erro
 	if err != nil {
 		return err
 	}
-	if err := copySparse(tmpl, img); err != nil {
+	if tmpl == "" { // an unusual size: made for this machine alone
+		if err := mkfs(ctx, img, sizeMB); err != nil {
+			return err
+		}
+	} else if err := copySparse(tmpl, img); err != nil {
 		return fmt.Errorf("disk: %w", err)
 	}
 	return mountLoop(img, dir)
 }
 
+// maxTemplates bounds the sizes kept as templates: machines API callers
+// choose sizes freely, and each template is an image kept on disk.
+const maxTemplates = 4
+
 // diskTemplate returns the path of an empty, freshly made ext4 image of
-// sizeMB, making it the first time.
+// sizeMB, making it the first time; "" when maxTemplates other sizes have
+// templates already.
 func (d *Driver) diskTemplate(ctx context.Context, sizeMB int) (string, error) {
 	d.diskMu.Lock()
 	defer d.diskMu.Unlock()
@@ -52,28 +61,15 @@ func (d *Driver) diskTemplate(ctx context.Context, sizeMB int) (string, error) {
 	if exists(p) {
 		return p, nil
 	}
+	if have, _ := filepath.Glob(filepath.Join(dir, "*.img")); len(have) >= maxTemplates {
+		return "", nil
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("disk: %w", err)
 	}
 	tmp := p + ".tmp"
 	os.Remove(tmp) // a leftover of a crash
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("disk: %w", err)
-	}
-	err = f.Truncate(int64(sizeMB) << 20)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		// Inode tables are left unwritten (the block groups say so), and
-		// mountLoop tells the kernel not to zero them in the background:
-		// every machine's image would grow by them.
-		if out, merr := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
-			"-E", "lazy_itable_init=1,nodiscard", tmp).CombinedOutput(); merr != nil {
-			err = fmt.Errorf("mkfs.ext4: %w: %s", merr, bytes.TrimSpace(out))
-		}
-	}
+	err := mkfs(ctx, tmp, sizeMB)
 	if err == nil {
 		err = os.Rename(tmp, p)
 	}
@@ -82,6 +78,29 @@ func (d *Driver) diskTemplate(ctx context.Context, sizeMB int) (string, error) {
 		return "", fmt.Errorf("disk: %w", err)
 	}
 	return p, nil
+}
+
+// mkfs makes an empty ext4 image of sizeMB at the new file img.
+func mkfs(ctx context.Context, img string, sizeMB int) error {
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("disk: %w", err)
+	}
+	err = f.Truncate(int64(sizeMB) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("disk: %w", err)
+	}
+	// Inode tables are left unwritten (the block groups say so), and
+	// mountLoop tells the kernel not to zero them in the background:
+	// every machine's image would grow by them.
+	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
+		"-E", "lazy_itable_init=1,nodiscard", img).CombinedOutput(); err != nil {
+		return fmt.Errorf("disk: mkfs.ext4: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 // copySparse copies src to a new file dst, data extents only: holes stay
@@ -121,6 +140,15 @@ func copySparse(src, dst string) error {
 			for pos := data; pos < hole; {
 				roff, woff := pos, pos
 				n, err := unix.CopyFileRange(inFd, &roff, outFd, &woff, int(hole-pos), 0)
+				if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+					// Between filesystems (a machine's disk and the host's):
+					// through a buffer.
+					w := io.NewOffsetWriter(out, pos)
+					if _, err := io.Copy(w, io.NewSectionReader(in, pos, hole-pos)); err != nil {
+						return err
+					}
+					break
+				}
 				if err != nil {
 					return fmt.Errorf("copy_file_range: %w", err)
 				}
@@ -185,7 +213,7 @@ func mountLoop(img, dir string) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if err := unix.Mount(loop, dir, "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, "noinit_itable"); err != nil {
+	if err := unix.Mount(loop, dir, "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, "noinit_itable,errors=remount-ro"); err != nil {
 		return fmt.Errorf("disk: mount %s: %w", loop, err)
 	}
 	return nil

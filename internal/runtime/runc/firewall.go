@@ -106,6 +106,13 @@ func (f firewall) install(ctx context.Context) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("iptables-restore: %w: %s", err, bytes.TrimSpace(out))
 	}
+	// placeOutbound lists FORWARD and inserts by number, two commands:
+	// another server inserting between them would shift the numbers.
+	unlock, err := hostLock(firewallLock)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	for _, j := range f.jumps() {
 		table, chain, rule := j[1], j[2], j[3:]
 		if chain == "FORWARD" && rule[0] == "-i" {
@@ -199,6 +206,9 @@ func (f firewall) remove(ctx context.Context) error {
 	}
 	return firstErr
 }
+
+// firewallLock serializes pier servers' changes to FORWARD's order.
+var firewallLock = "/run/pier-ids/.firewall.lock"
 
 // hostTag marks the rules that let one machine reach host ports.
 func hostTag(id string) string { return "pier-host:" + id }

@@ -194,6 +194,14 @@ func copyDirAttrs(dir, like string, hostIDs uint32) error {
 		st := fi.Sys().(*syscall.Stat_t)
 		mode, uid, gid = fi.Mode()&(fs.ModePerm|fs.ModeSticky|fs.ModeSetgid), int(st.Uid), int(st.Gid)
 	}
+	// An id the machine has no mapping for shows as nobody there: give it
+	// nobody, not a host id of another machine's range.
+	if uid < 0 || uid >= idSize {
+		uid = overflowID
+	}
+	if gid < 0 || gid >= idSize {
+		gid = overflowID
+	}
 	if err := os.Chown(dir, uid+int(hostIDs), gid+int(hostIDs)); err != nil {
 		return err
 	}

@@ -348,7 +348,8 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		if handedOff {
 			return
 		}
-		if _, terr := d.teardownKeeping(context.Background(), id, kept); terr != nil {
+		// Not teardownKeeping: the caller's layer was only read so far.
+		if _, terr := d.teardown(context.Background(), id); terr != nil {
 			log.Warn("clean up after failed start", "err", terr)
 		}
 		if kept != nil { // after the teardown has unmounted the overlay
@@ -605,7 +606,10 @@ func (d *Driver) teardownKeeping(ctx context.Context, id string, kept *keptUpper
 			time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
 		}
 		if derr != nil {
-			errs = append(errs, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out)))
+			// The machine may still run: keep its files, mounts, rules and
+			// host ids (another machine must not get them) until a later
+			// teardown (Cleanup) gets it deleted.
+			return true, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out))
 		}
 	}
 	// Whether or not this run made them: a previous run of the server may

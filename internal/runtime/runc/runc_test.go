@@ -464,6 +464,11 @@ func TestNetworkIsolation(t *testing.T) {
 		t.Fatalf("host cannot reach machine: %q", body)
 	}
 	gw := drv.Gateway().String()
+	// Refused at once (ICMP admin-prohibited reaches the machine), not
+	// left to time out.
+	if _, body := get(t, m, "/dial", url.Values{"addr": {net.JoinHostPort(gw, fmt.Sprint(all.Port))}}); !strings.Contains(body, "no route to host") {
+		t.Errorf("dial to the gateway: %q, want it refused at once", body)
+	}
 	for _, target := range []string{
 		fmt.Sprintf("127.0.0.1:%d", lo.Port),
 		fmt.Sprintf("127.0.0.1:%d", all.Port),
@@ -1241,6 +1246,15 @@ func TestMachinesShareNoHostIDs(t *testing.T) {
 	if rootUID/idSize == uid/idSize {
 		t.Errorf("two machines share the host id range of %d", rootUID)
 	}
+	// ping works for any user: the machine's group ids are in the
+	// netns's ping_group_range.
+	if _, body := get(t, asNobody, "/pingsocket", nil); body != "ok" {
+		t.Errorf("ICMP echo socket as nobody: %q", body)
+	}
+	// setgroups works in the namespace (apt, nginx and su need it).
+	if _, body := get(t, asRoot, "/setgroups", nil); body != "ok" {
+		t.Errorf("setgroups in a machine: %q", body)
+	}
 	// Inside, the ids are the ones asked for.
 	if _, status := get(t, asNobody, "/read", url.Values{"path": {"/proc/self/status"}}); !strings.Contains(status, "Uid:\t65534\t") {
 		t.Errorf("machine's own view of its uid:\n%s", status)
@@ -1331,9 +1345,32 @@ func TestDiskQuota(t *testing.T) {
 	if _, body := get(t, kept, "/fill", url.Values{"path": {"/tmp/big"}, "mb": {"256"}}); !strings.Contains(body, "no space left on device") {
 		t.Errorf("a kept layer on a 64 MB disk: %q", body)
 	}
+	// Copying the layer out must not take more host disk than the
+	// machine's own disk holds: a huge sparse file and many hard links to
+	// one file cost the machine nothing.
+	get(t, kept, "/write", url.Values{"path": {"/tmp/big"}, "data": {"now small"}})
+	if _, body := get(t, kept, "/fill", url.Values{"path": {"/tmp/linked"}, "mb": {"16"}}); !strings.HasPrefix(body, "wrote 16 MB: <nil>") {
+		t.Fatalf("fill: %q", body)
+	}
+	for _, c := range []struct{ path, q string }{{"/truncate", "size_mb=8192"}, {"/links", "n=200"}} {
+		q, _ := url.ParseQuery(c.q)
+		q.Set("path", map[string]string{"/truncate": "/tmp/sparse", "/links": "/tmp/linked"}[c.path])
+		if c.path == "/truncate" {
+			get(t, kept, "/write", url.Values{"path": {"/tmp/sparse"}, "data": {"x"}})
+		}
+		if code, body := get(t, kept, c.path, q); code != 200 {
+			t.Fatalf("%s: %s", c.path, body)
+		}
+	}
 	stop(t, kept)
-	if fi, err := os.Stat(filepath.Join(upper, "tmp", "big")); err != nil || fi.Size() == 0 || fi.Size() > 64<<20 {
-		t.Errorf("the kept layer's file: %v, %v", fi, err)
+	// 201 x 16 MB if the links came out as files: they must share an inode.
+	a, errA := os.Stat(filepath.Join(upper, "tmp", "linked"))
+	b, errB := os.Stat(filepath.Join(upper, "tmp", "linked.200"))
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Errorf("hard links came out as copies (%v, %v)", errA, errB)
+	}
+	if fi, err := os.Stat(filepath.Join(upper, "tmp", "sparse")); err != nil || fi.Size() != 8<<30 || fi.Sys().(*syscall.Stat_t).Blocks*512 > 1<<20 {
+		t.Errorf("the 8 GiB sparse file came out as %v, %v", fi, err)
 	}
 	if _, err := drv.Start(context.Background(), runtime.Spec{ID: newID(), Command: []string{"/bin/machine"}, Rootfs: []string{rootfsDir},
 		Resources: runtime.Resources{DiskMB: 1}}); err == nil || !strings.Contains(err.Error(), "at least") {

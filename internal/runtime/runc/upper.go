@@ -12,8 +12,6 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-
-	"github.com/pier-dev/pier/internal/fspath"
 )
 
 // keptUpper is a writable layer the caller owns (runtime.Spec.Upper): the
@@ -174,11 +172,20 @@ func opaque(dir string) bool {
 // regular files, symlinks, whiteouts (0/0 character devices) and other
 // device nodes as entries, modes with their set-id bits, modification
 // times, and the trusted.overlay.* and user.* attributes; file
-// capabilities are left behind (see internal/image). Owners in
-// [from, from+idSize) move by delta; others are kept. Hard links are
-// copied as separate files.
+// capabilities and ACLs are left behind (see internal/image). Owners in
+// [from, from+idSize) move by delta; others are kept. Files are copied
+// sparsely and hard links stay links, so the copy takes no more space than
+// src does (src is a machine's disk: a layer written by untrusted code
+// cannot grow past that disk's size when copied out).
 func copyLayer(src, dst string, from uint32, delta int64) error {
-	return filepath.WalkDir(src, func(p string, e os.DirEntry, err error) error {
+	type inode struct{ dev, ino uint64 }
+	linked := map[inode]string{}
+	type dirTimes struct {
+		path string
+		ts   []unix.Timespec
+	}
+	var dirs []dirTimes // set once their entries are made, deepest first
+	err := filepath.WalkDir(src, func(p string, e os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -197,7 +204,14 @@ func copyLayer(src, dst string, from uint32, delta int64) error {
 				return err
 			}
 		case unix.S_IFREG:
-			if err := fspath.CopyFile(p, to, 0o600); err != nil {
+			if st.Nlink > 1 {
+				key := inode{uint64(st.Dev), st.Ino}
+				if first, ok := linked[key]; ok {
+					return os.Link(first, to)
+				}
+				linked[key] = to
+			}
+			if err := copySparse(p, to); err != nil {
 				return err
 			}
 		case unix.S_IFLNK:
@@ -234,8 +248,21 @@ func copyLayer(src, dst string, from uint32, delta int64) error {
 			}
 		}
 		ts := []unix.Timespec{st.Atim, st.Mtim}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			dirs = append(dirs, dirTimes{to, ts})
+			return nil
+		}
 		return unix.UtimesNanoAt(unix.AT_FDCWD, to, ts, unix.AT_SYMLINK_NOFOLLOW)
 	})
+	if err != nil {
+		return err
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, dirs[i].path, dirs[i].ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // copyXattrs copies the attributes of a layer entry that overlayfs and

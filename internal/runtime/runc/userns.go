@@ -31,12 +31,18 @@ import (
 // shifted ids; a kept one (runtime.Spec.Upper) is shifted back when the
 // machine is gone.
 const (
-	idBase = 1 << 31 // host id of the first range's root
+	// idBase is the host id of the first range's root. All ranges stay
+	// below 2^31: tools that take ids as signed fail above it, and so
+	// does ping_group_range.
+	idBase = 1 << 30
 	// idSize is how many ids a machine has: 0..131071 inside, beyond the
 	// usual 65536 so that build machines' user (99999) has one.
 	idSize  = 1 << 17
-	idSlots = 8192 // ranges, up to host id 2^31 + 2^30
+	idSlots = 8192 // ranges, up to host id 2^31 - 1
 )
+
+// overflowID is nobody, what an unmapped id shows as.
+const overflowID = 65534
 
 // idsDir holds the host-wide claims on ranges: one file per range in use,
 // named by its slot and holding the layers directory of the machine that
@@ -53,9 +59,13 @@ func (r idRange) base() uint32 { return idBase + uint32(r.slot)*idSize }
 // A claim whose owner directory is gone is stale (its server crashed and
 // its machine was cleaned up by hand) and is taken over.
 func (d *Driver) claimIDs(owner string) (idRange, error) {
-	if err := os.MkdirAll(idsDir, 0o700); err != nil {
+	// One claimer at a time on the host: two taking over the same stale
+	// claim would otherwise both get its range.
+	unlock, err := hostLock(filepath.Join(idsDir, ".lock"))
+	if err != nil {
 		return idRange{}, fmt.Errorf("user ids: %w", err)
 	}
+	defer unlock()
 	d.mu.Lock()
 	start := d.nextSlot
 	d.nextSlot = (d.nextSlot + 1) % idSlots
@@ -121,7 +131,10 @@ func pinNamespaces(ids idRange, userPath, netPath string) error {
 	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.base()), Size: idSize}}
 	cmd := exec.Command("sleep", "infinity")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
-		UidMappings: m, GidMappings: m, Pdeathsig: syscall.SIGKILL}
+		UidMappings: m, GidMappings: m, Pdeathsig: syscall.SIGKILL,
+		// Host root writes the maps, so allowing setgroups(2) in the
+		// namespace gives nothing away; apt, nginx, su need it.
+		GidMappingsEnableSetgroups: true}
 	// Start returns once the child has exec'd, after its maps are written.
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("make namespaces: %w", err)

@@ -71,6 +71,45 @@ func main() {
 		}
 		fmt.Fprintf(w, "wrote %d MB: %v", n, err)
 	})
+	// /truncate makes path a sparse file of size_mb MB.
+	mux.HandleFunc("/truncate", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.ParseInt(r.FormValue("size_mb"), 10, 64)
+		if err := os.Truncate(r.FormValue("path"), mb<<20); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "truncated")
+	})
+	// /links makes n hard links to path, as path.1 ... path.n.
+	mux.HandleFunc("/links", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.FormValue("n"))
+		p := r.FormValue("path")
+		for i := 1; i <= n; i++ {
+			if err := os.Link(p, fmt.Sprintf("%s.%d", p, i)); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
+		fmt.Fprint(w, "linked")
+	})
+	// /pingsocket opens an unprivileged ICMP echo socket, as ping does.
+	mux.HandleFunc("/pingsocket", func(w http.ResponseWriter, r *http.Request) {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, syscall.IPPROTO_ICMP)
+		if err != nil {
+			fmt.Fprint(w, "error: ", err)
+			return
+		}
+		syscall.Close(fd)
+		fmt.Fprint(w, "ok")
+	})
+	// /setgroups sets the supplementary groups (as apt and nginx do).
+	mux.HandleFunc("/setgroups", func(w http.ResponseWriter, r *http.Request) {
+		if err := syscall.Setgroups([]int{0}); err != nil {
+			fmt.Fprint(w, "error: ", err)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	})
 	mux.HandleFunc("/ls", func(w http.ResponseWriter, r *http.Request) {
 		entries, err := os.ReadDir(r.FormValue("path"))
 		if err != nil {
