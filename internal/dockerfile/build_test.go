@@ -69,9 +69,10 @@ func testMain(m *testing.M) int {
 	bridge := fmt.Sprintf("pd%d", os.Getpid()%100000)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// A /24 of our own that no other test run holds: New refuses a subnet
-	// that overlaps a route.
+	// that overlaps a route. Not in 100.125.0.0/16, the service subnet of
+	// the pier servers the e2e tests start.
 	for i := range 250 {
-		subnet := fmt.Sprintf("100.125.%d.0/24", (os.Getpid()+i)%250)
+		subnet := fmt.Sprintf("100.124.%d.0/24", (os.Getpid()+i)%250)
 		if drv, err = runc.New(runc.Config{StateDir: filepath.Join(state, "machines"), Subnet: subnet, Bridge: bridge, Log: log}); err == nil {
 			break
 		}
