@@ -25,6 +25,8 @@ type firewall struct {
 	services string
 	gateway  string
 	meshPort int
+	// dns: machines may ask the name server on gateway:53 (Config.DNS).
+	dns bool
 }
 
 func (f firewall) inChain() string  { return "PIER-IN-" + f.bridge }
@@ -48,6 +50,14 @@ func (f firewall) rules() string {
 		// (4) The mesh's outbound listener, which connections to service
 		// addresses are redirected to; it knows callers by address.
 		fmt.Fprintf(&b, "-A %s -d %s/32 -p tcp --dport %d -j ACCEPT\n", in, f.gateway, f.meshPort)
+	}
+	if f.dns {
+		// (6) The name server, for every machine whatever its outbound
+		// policy: it knows callers by address, and forwards for those
+		// allowed outbound traffic only.
+		for _, proto := range []string{"udp", "tcp"} {
+			fmt.Fprintf(&b, "-A %s -d %s/32 -p %s --dport 53 -j ACCEPT\n", in, f.gateway, proto)
+		}
 	}
 	fmt.Fprintf(&b, "-A %s -j REJECT --reject-with icmp-admin-prohibited\n", in)
 	// Routed traffic towards machines: only replies. This stops machine to

@@ -82,6 +82,17 @@ func (m *ipam) alloc(denyOutbound bool) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("no free address in %s", half)
 }
 
+// holder says whether a is handed out and whether the machine holding it
+// may reach the internet, which the half it is in tells.
+func (m *ipam) holder(a netip.Addr) (taken, outbound bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.taken[a] {
+		return false, false
+	}
+	return true, m.halves[0].Contains(a)
+}
+
 func (m *ipam) release(a netip.Addr) {
 	m.mu.Lock()
 	delete(m.taken, a)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -293,6 +294,12 @@ func hostResolvConf() []byte {
 		b.WriteString(line + "\n")
 	}
 	return []byte(b.String())
+}
+
+// gatewayResolvConf points machines at the name server on the gateway
+// (Config.DNS). No search list: <app>.internal is asked as it is written.
+func gatewayResolvConf(gw netip.Addr) []byte {
+	return fmt.Appendf(nil, "# pier's name server, on the gateway\nnameserver %s\n", gw)
 }
 
 func hostsFile(ip, hostname string, extra []string) []byte {

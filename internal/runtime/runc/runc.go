@@ -82,6 +82,13 @@ type Config struct {
 	// Debian's /usr/bin/tini-static when installed; "none" runs commands as
 	// pid 1 themselves).
 	Init string
+	// DNS says machines use a name server on the gateway, port 53 (the
+	// server runs one, see internal/dns, with Driver.Source as its policy):
+	// their /etc/resolv.conf names only the gateway, and the firewall lets
+	// every machine reach the gateway on UDP and TCP port 53. Off, machines
+	// get the host's resolv.conf without its loopback name servers and
+	// reach no name server on the host.
+	DNS bool
 }
 
 // Driver starts machines under runc. It is safe for concurrent use.
@@ -196,7 +203,7 @@ func New(c Config) (*Driver, error) {
 		return nil, err
 	}
 	d.fw = firewall{bridge: c.Bridge, subnet: d.ipam.prefix.String(), allow: d.ipam.halves[0].String(), deny: d.ipam.halves[1].String(),
-		gateway: d.ipam.gateway.String(), meshPort: c.MeshPort}
+		gateway: d.ipam.gateway.String(), meshPort: c.MeshPort, dns: c.DNS}
 	if route, err := subnetInUse(d.ipam.prefix, c.Bridge); err != nil {
 		return nil, err
 	} else if route != "" {
@@ -240,6 +247,9 @@ func New(c Config) (*Driver, error) {
 	}
 	go d.reconcileLoop()
 	d.resolv = hostResolvConf()
+	if c.DNS {
+		d.resolv = gatewayResolvConf(d.ipam.gateway)
+	}
 	d.swapLimit = swapAccounting()
 	if !d.swapLimit {
 		d.log.Warn("the kernel does not account swap per cgroup: machines' memory limits do not cover swap (boot with swapaccount=1)")
@@ -263,6 +273,15 @@ func swapAccounting() bool {
 
 // Gateway is the host's address on the bridge, as machines see it.
 func (d *Driver) Gateway() netip.Addr { return d.ipam.gateway }
+
+// Source says whether addr is the address of one of the driver's machines,
+// starting or running, and if so whether that machine may reach the
+// internet (it was started without DenyOutbound). It is the policy of the
+// name server machines use (Config.DNS): the gateway, other host addresses
+// and the addresses of machines that are gone are no machine's.
+func (d *Driver) Source(addr netip.Addr) (machine, outbound bool) {
+	return d.ipam.holder(addr.Unmap())
+}
 
 // Uninstall removes the firewall chains and the bridge. It is for tests and
 // for removing pier from a host; the server does not call it (the bridge

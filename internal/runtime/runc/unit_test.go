@@ -63,6 +63,31 @@ func TestIPAM(t *testing.T) {
 	}
 }
 
+func TestIPAMHolder(t *testing.T) {
+	m, _ := newIPAM("100.96.7.0/24")
+	open, _ := m.alloc(false)
+	closed, _ := m.alloc(true)
+	for _, tc := range []struct {
+		addr                    netip.Addr
+		wantTaken, wantOutbound bool
+	}{
+		{open, true, true},
+		{closed, true, false},
+		{m.gateway, false, false},
+		{addrAdd(open, 1), false, false},   // free, in the allow half
+		{addrAdd(closed, 1), false, false}, // free, in the deny half
+		{netip.MustParseAddr("127.0.0.1"), false, false},
+	} {
+		if taken, outbound := m.holder(tc.addr); taken != tc.wantTaken || outbound != tc.wantOutbound {
+			t.Errorf("holder(%s) = %v, %v; want %v, %v", tc.addr, taken, outbound, tc.wantTaken, tc.wantOutbound)
+		}
+	}
+	m.release(open)
+	if taken, _ := m.holder(open); taken {
+		t.Errorf("holder(%s) still taken after release", open)
+	}
+}
+
 func TestIPAMConcurrent(t *testing.T) {
 	m, _ := newIPAM("100.96.0.0/22")
 	var mu sync.Mutex
@@ -99,6 +124,8 @@ func TestFirewallRules(t *testing.T) {
 	base := firewall{bridge: "pier0", subnet: "100.96.0.0/16", allow: "100.96.0.0/17", deny: "100.96.128.0/17"}
 	mesh := base
 	mesh.services, mesh.gateway, mesh.meshPort = "100.127.0.0/16", "100.96.0.1", 15001
+	dns := base
+	dns.gateway, dns.dns = "100.96.0.1", true
 	for _, tc := range []struct {
 		name string
 		f    firewall
@@ -147,6 +174,29 @@ COMMIT
 :PIER-DNAT-pier0 - [0:0]
 -A PIER-NAT-pier0 -s 100.96.0.0/16 ! -o pier0 -j MASQUERADE
 -A PIER-DNAT-pier0 -i pier0 -d 100.127.0.0/16 -p tcp -j DNAT --to-destination 100.96.0.1:15001
+COMMIT
+`},
+		{"dns", dns, `*filter
+:PIER-IN-pier0 - [0:0]
+:PIER-FWD-pier0 - [0:0]
+:PIER-OUT-pier0 - [0:0]
+-A PIER-IN-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A PIER-IN-pier0 -d 100.96.0.1/32 -p udp --dport 53 -j ACCEPT
+-A PIER-IN-pier0 -d 100.96.0.1/32 -p tcp --dport 53 -j ACCEPT
+-A PIER-IN-pier0 -j REJECT --reject-with icmp-admin-prohibited
+-A PIER-FWD-pier0 -o pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A PIER-FWD-pier0 -o pier0 -j DROP
+-A PIER-FWD-pier0 -i pier0 -s 100.96.128.0/17 -j REJECT --reject-with icmp-admin-prohibited
+-A PIER-FWD-pier0 -i pier0 -s 100.96.0.0/17 -j ACCEPT
+-A PIER-FWD-pier0 -i pier0 -j DROP
+-A PIER-OUT-pier0 -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+-A PIER-OUT-pier0 -m owner --uid-owner 0 -j RETURN
+-A PIER-OUT-pier0 -j REJECT --reject-with icmp-admin-prohibited
+COMMIT
+*nat
+:PIER-NAT-pier0 - [0:0]
+:PIER-DNAT-pier0 - [0:0]
+-A PIER-NAT-pier0 -s 100.96.0.0/16 ! -o pier0 -j MASQUERADE
 COMMIT
 `},
 	} {

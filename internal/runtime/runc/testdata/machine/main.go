@@ -3,6 +3,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 func main() {
@@ -169,6 +173,49 @@ func main() {
 			c.Wait()
 		}
 		fmt.Fprintf(w, "started %d, then: %v", len(cmds), err)
+	})
+	// /resolve looks name up as most programs would: Go's resolver, which
+	// reads the machine's /etc/resolv.conf. It prints the addresses, "not
+	// found" for a name that does not exist, or the error.
+	mux.HandleFunc("/resolve", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+		defer cancel()
+		addrs, err := net.DefaultResolver.LookupHost(ctx, r.FormValue("name"))
+		var dnsErr *net.DNSError
+		switch {
+		case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+			fmt.Fprint(w, "not found")
+		case err != nil:
+			fmt.Fprint(w, "error: ", err)
+		default:
+			fmt.Fprint(w, strings.Join(addrs, " "))
+		}
+	})
+	// /dns sends one A query over net (udp or tcp) to server (default: the
+	// first name server of /etc/resolv.conf) and prints the reply's rcode
+	// and addresses, or the error.
+	mux.HandleFunc("/dns", func(w http.ResponseWriter, r *http.Request) {
+		server := r.FormValue("server")
+		if server == "" {
+			cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+			if err != nil || len(cc.Servers) == 0 {
+				fmt.Fprint(w, "error: no name server in /etc/resolv.conf: ", err)
+				return
+			}
+			server = net.JoinHostPort(cc.Servers[0], cc.Port)
+		}
+		c := &dns.Client{Net: r.FormValue("net"), Timeout: 3 * time.Second}
+		m, _, err := c.Exchange(new(dns.Msg).SetQuestion(dns.Fqdn(r.FormValue("name")), dns.TypeA), server)
+		if err != nil {
+			fmt.Fprint(w, "error: ", err)
+			return
+		}
+		fmt.Fprint(w, dns.RcodeToString[m.Rcode])
+		for _, rr := range m.Answer {
+			if a, ok := rr.(*dns.A); ok {
+				fmt.Fprint(w, " ", a.A)
+			}
+		}
 	})
 	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		code, _ := strconv.Atoi(r.FormValue("code"))
