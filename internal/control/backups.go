@@ -39,7 +39,7 @@ func (p *Plane) backuper(ctx context.Context, name string) (store.ResourceRow, r
 	if !ok {
 		return r, nil, pier.Errorf(pier.Invalid, "%s resources have no backups", r.Type)
 	}
-	if r.Status != "ready" {
+	if r.Status != resources.StatusReady {
 		return r, nil, pier.Errorf(pier.Conflict, "resource %s is %s", name, r.Status)
 	}
 	return r, b, nil
@@ -158,7 +158,7 @@ func (p *Plane) scheduledBackups(ctx context.Context, now time.Time) {
 		return
 	}
 	for _, r := range rows {
-		if r.Status != "ready" || r.Params["backup_schedule"] != "daily" {
+		if r.Status != resources.StatusReady || r.Params["backup_schedule"] != "daily" {
 			continue
 		}
 		bs, err := p.Store.Backups(ctx, r.Name)

@@ -104,7 +104,7 @@ func (p *Plane) planConnection(ctx context.Context, app, target string, access r
 		}
 		return connPlan{}, err
 	}
-	if r.Status != "ready" {
+	if r.Status != resources.StatusReady {
 		return connPlan{}, pier.Errorf(pier.Conflict, "resource %s is %s; try again when it is ready", target, r.Status)
 	}
 	access, err = p.Resources.AccessOf(r.Type, access)
@@ -519,7 +519,7 @@ func (p *Plane) Graph(ctx context.Context) (graph.Graph, error) {
 		return g, err
 	}
 	for _, r := range rows {
-		g.Nodes = append(g.Nodes, graph.Node{ID: r.Name, Kind: "resource", Type: r.Type, Status: r.Status})
+		g.Nodes = append(g.Nodes, graph.Node{ID: r.Name, Kind: "resource", Type: r.Type, Status: string(r.Status)})
 	}
 	conns, err := p.Store.Connections(ctx, "", "")
 	if err != nil {

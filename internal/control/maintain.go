@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/store"
 )
 
@@ -29,10 +30,10 @@ func (p *Plane) StartResources(ctx context.Context) error {
 			continue
 		}
 		switch r.Status {
-		case "creating", "deleting":
+		case resources.StatusCreating, resources.StatusDeleting:
 			p.Log.Warn("removing a resource whose create or delete was interrupted", "resource", r.Name, "status", r.Status)
 			p.discard(inst, d)
-			p.resourceEvent(ctx, r.Name, "resource.delete", "%s %s removed: its %s was interrupted", r.Type, r.Name, map[string]string{"creating": "creation", "deleting": "deletion"}[r.Status])
+			p.resourceEvent(ctx, r.Name, "resource.delete", "%s %s removed: its %s was interrupted", r.Type, r.Name, map[resources.Status]string{resources.StatusCreating: "creation", resources.StatusDeleting: "deletion"}[r.Status])
 		default:
 			sctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
 			err := d.Start(sctx, inst)
@@ -99,7 +100,7 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			continue
 		}
 		for _, r := range rows {
-			if r.Status != "ready" {
+			if r.Status != resources.StatusReady {
 				continue
 			}
 			d, err := p.Resources.Driver(r.Type)
@@ -111,7 +112,7 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			if err != nil {
 				continue
 			}
-			if cur, err := p.Store.Resource(ctx, r.Name); err != nil || cur.Status != "ready" {
+			if cur, err := p.Store.Resource(ctx, r.Name); err != nil || cur.Status != resources.StatusReady {
 				unlock()
 				continue
 			}

@@ -208,7 +208,7 @@ func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map
 	_, external := params["admin_url"]
 	public, secret := splitParams(params)
 	row := store.ResourceRow{Resource: resources.Resource{Name: name, Type: typ, Params: public, Managed: !external, Port: port,
-		Status: "creating", CreatedAt: time.Now().UTC()}}
+		Status: resources.StatusCreating, CreatedAt: time.Now().UTC()}}
 	// Secret parameters are sealed from the start, so a crash mid-create
 	// can still clean up an external resource.
 	if row.AdminKeyID, row.AdminSealed, err = p.sealJSON("resource/"+name, "admin", sealedResource{Params: secret}); err != nil {
@@ -246,7 +246,7 @@ func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map
 		p.discard(inst, d)
 		return resources.Resource{}, &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("could not create %s %s", typ, name), Err: err}
 	}
-	row.Status = "ready"
+	row.Status = resources.StatusReady
 	fmt.Fprintf(out, "==> %s is ready (%s)\n", name, time.Since(begin).Round(10*time.Millisecond))
 	p.resourceEvent(ctx, name, "resource.create", "%s %s created (%s) in %s", typ, name, mode, time.Since(begin).Round(time.Millisecond))
 	return p.publicResource(row), nil
@@ -331,7 +331,7 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 	if err != nil {
 		return err
 	}
-	if r.Status == "creating" {
+	if r.Status == resources.StatusCreating {
 		return pier.Errorf(pier.Conflict, "%s is still being created; try again when it is ready", name)
 	}
 	if len(conns) > 0 && !force {
@@ -347,17 +347,17 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 	}
 	defer unlock()
 	// Marked first: no new connection is made to a resource being deleted.
-	if err := p.Store.SetResourceStatus(ctx, name, "deleting"); err != nil {
+	if err := p.Store.SetResourceStatus(ctx, name, resources.StatusDeleting); err != nil {
 		return err
 	}
 	for _, c := range conns {
 		if err := p.Disconnect(ctx, c.App, name, out); err != nil {
-			p.Store.SetResourceStatus(context.Background(), name, "ready")
+			p.Store.SetResourceStatus(context.Background(), name, resources.StatusReady)
 			return fmt.Errorf("disconnect %s: %w", c.App, err)
 		}
 	}
 	if left, err := p.Store.Connections(ctx, "", name); err != nil || len(left) > 0 {
-		p.Store.SetResourceStatus(context.Background(), name, "ready")
+		p.Store.SetResourceStatus(context.Background(), name, resources.StatusReady)
 		if err == nil {
 			err = pier.Errorf(pier.Conflict, "%s got a new connection while being deleted; try again", name)
 		}

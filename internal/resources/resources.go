@@ -122,6 +122,19 @@ type Backuper interface {
 	Restore(ctx context.Context, inst Instance, r io.Reader) error
 }
 
+// Status is where a resource is in its life. The values are stored and
+// shown by the API as they are.
+type Status string
+
+// The resource statuses. A crash can leave a resource creating or
+// deleting; the next start of the server removes it (its create or delete
+// never finished).
+const (
+	StatusCreating Status = "creating" // being provisioned
+	StatusReady    Status = "ready"    // serving; apps may connect
+	StatusDeleting Status = "deleting" // being destroyed; no new connection
+)
+
 // Resource is a resource as pier records it.
 type Resource struct {
 	Name      string         `json:"name"`
@@ -130,7 +143,7 @@ type Resource struct {
 	Managed   bool           `json:"managed"`
 	Host      string         `json:"host,omitempty"`
 	Port      int            `json:"port,omitempty"`
-	Status    string         `json:"status"`
+	Status    Status         `json:"status"`
 	CreatedAt time.Time      `json:"created_at"`
 }
 

@@ -50,3 +50,43 @@ func TestDeleteRevokedAppConnection(t *testing.T) {
 		}
 	}
 }
+
+// TestResourceStatuses: a resource's status goes creating -> ready ->
+// deleting, and the database holds the same words as before statuses were
+// typed (existing data dirs keep working).
+func TestResourceStatuses(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	r := ResourceRow{Resource: resources.Resource{Name: "db", Type: "postgres", Params: map[string]any{}, Status: resources.StatusCreating, CreatedAt: time.Now()}}
+	if err := s.CreateResource(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		change func() error
+		want   resources.Status
+		stored string
+	}{
+		{func() error { return nil }, resources.StatusCreating, "creating"},
+		{func() error { return s.ResourceReady(ctx, "db", "k1", []byte("sealed")) }, resources.StatusReady, "ready"},
+		{func() error { return s.SetResourceStatus(ctx, "db", resources.StatusDeleting) }, resources.StatusDeleting, "deleting"},
+	}
+	for _, st := range steps {
+		if err := st.change(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Resource(ctx, "db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stored string
+		if err := s.db.QueryRowContext(ctx, `SELECT status FROM resources WHERE name = 'db'`).Scan(&stored); err != nil {
+			t.Fatal(err)
+		}
+		if got.Status != st.want || stored != st.stored {
+			t.Errorf("status %q, stored %q; want %q, %q", got.Status, stored, st.want, st.stored)
+		}
+	}
+	if got, _ := s.Resource(ctx, "db"); got.AdminKeyID != "k1" || string(got.AdminSealed) != "sealed" {
+		t.Errorf("ResourceReady kept key %q, sealed %q", got.AdminKeyID, got.AdminSealed)
+	}
+}

@@ -19,15 +19,21 @@ type ResourceRow struct {
 // ConnectionRow is a connection as stored, with its sealed credentials.
 type ConnectionRow struct {
 	resources.Connection
-	Status string // active or revoking
+	Status ConnStatus
 	KeyID  string
 	Sealed []byte
 }
 
-// Connection statuses.
+// ConnStatus is where a connection is in its life. The values are stored
+// as they are.
+type ConnStatus string
+
+// The connection statuses. A connection is revoking from the moment its
+// removal starts until its credentials are revoked, which a crash can
+// leave undone: the next start revokes them.
 const (
-	ConnActive   = "active"
-	ConnRevoking = "revoking"
+	ConnActive   ConnStatus = "active"
+	ConnRevoking ConnStatus = "revoking"
 )
 
 // CreateResource inserts a resource; Conflict if the name is taken by a
@@ -59,12 +65,12 @@ func (s *Store) CreateResource(ctx context.Context, r ResourceRow) error {
 
 // ResourceReady records a provisioned resource's admin credentials.
 func (s *Store) ResourceReady(ctx context.Context, name, keyID string, sealed []byte) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE resources SET status = 'ready', admin_key_id = ?, admin_sealed = ? WHERE name = ?`, keyID, sealed, name)
+	_, err := s.db.ExecContext(ctx, `UPDATE resources SET status = ?, admin_key_id = ?, admin_sealed = ? WHERE name = ?`, resources.StatusReady, keyID, sealed, name)
 	return err
 }
 
 // SetResourceStatus changes a resource's status.
-func (s *Store) SetResourceStatus(ctx context.Context, name, status string) error {
+func (s *Store) SetResourceStatus(ctx context.Context, name string, status resources.Status) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE resources SET status = ? WHERE name = ?`, status, name)
 	return err
 }
@@ -144,7 +150,7 @@ func (s *Store) PutConnection(ctx context.Context, c ConnectionRow) error {
 }
 
 // SetConnectionStatus changes a connection's status.
-func (s *Store) SetConnectionStatus(ctx context.Context, app, target, status string) error {
+func (s *Store) SetConnectionStatus(ctx context.Context, app, target string, status ConnStatus) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE connections SET status = ? WHERE app = ? AND target = ?`, status, app, target)
 	return err
 }
@@ -159,8 +165,8 @@ func (s *Store) DeleteConnection(ctx context.Context, app, target string) error 
 // the very row that was revoked (same sealed credentials, still marked), so
 // a reconnect made meanwhile is kept.
 func (s *Store) DeleteRevoked(ctx context.Context, app, target, keyID string, sealed []byte) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM connections WHERE app = ? AND target = ? AND status = 'revoking' AND key_id = ? AND sealed IS ?`,
-		app, target, keyID, sealed)
+	_, err := s.db.ExecContext(ctx, `DELETE FROM connections WHERE app = ? AND target = ? AND status = ? AND key_id = ? AND sealed IS ?`,
+		app, target, ConnRevoking, keyID, sealed)
 	return err
 }
 
