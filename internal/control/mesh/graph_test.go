@@ -1,4 +1,4 @@
-package control
+package mesh
 
 import (
 	"testing"
@@ -87,11 +87,11 @@ func TestGraphJoinsObservedTraffic(t *testing.T) {
 	}
 }
 
-// TestGraphWithoutMetrics: a plane without metrics (no mesh) still states
+// TestGraphWithoutMetrics: a mesh service without metrics (no mesh) still states
 // every edge, as declared.
 func TestGraphWithoutMetrics(t *testing.T) {
 	g := declaredGraph()
-	(&Plane{}).observe(&g)
+	(&Service{}).observe(&g)
 	for _, e := range g.Edges {
 		if e.State != graph.StateDeclared || e.Observed != nil {
 			t.Errorf("%s -> %s: %q %+v, want declared without traffic", e.From, e.To, e.State, e.Observed)

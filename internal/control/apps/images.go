@@ -1,4 +1,4 @@
-package control
+package apps
 
 import (
 	"context"
@@ -11,21 +11,21 @@ import (
 	"github.com/pier-dev/pier/internal/pier"
 )
 
-// DefaultKeepReleases is Plane.KeepReleases when unset.
+// DefaultKeepReleases is Service.KeepReleases when unset.
 const DefaultKeepReleases = 10
 
 // tagRelease names rel's image web:vN (and, once it is live, web:latest),
 // so registry clients and export find it by version.
-func (p *Plane) tagRelease(ctx context.Context, rel pier.Release, tags ...string) error {
-	if p.Images == nil || rel.Image.Digest == "" {
+func (s *Service) tagRelease(ctx context.Context, rel pier.Release, tags ...string) error {
+	if s.Images == nil || rel.Image.Digest == "" {
 		return nil
 	}
-	img, err := p.Images.Image(ctx, rel.App, rel.Image.Digest)
+	img, err := s.Images.Image(ctx, rel.App, rel.Image.Digest)
 	if err != nil {
 		return fmt.Errorf("image of %s v%d: %w", rel.App, rel.Version, err)
 	}
 	for _, tag := range tags {
-		if _, err := p.Images.Put(ctx, rel.App, tag, img); err != nil {
+		if _, err := s.Images.Put(ctx, rel.App, tag, img); err != nil {
 			return fmt.Errorf("tag %s:%s: %w", rel.App, tag, err)
 		}
 	}
@@ -37,18 +37,18 @@ func (p *Plane) tagRelease(ctx context.Context, rel pier.Release, tags ...string
 // shares), then the image blobs nothing names any more. Release records
 // stay: they are the app's history. Failures are logged, not returned: a
 // deploy that went live is not undone by housekeeping.
-func (p *Plane) collect(ctx context.Context, app string) {
-	keep := p.KeepReleases
+func (s *Service) collect(ctx context.Context, app string) {
+	keep := s.KeepReleases
 	if keep <= 0 {
 		keep = DefaultKeepReleases
 	}
-	a, err := p.Store.App(ctx, app)
+	a, err := s.Store.App(ctx, app)
 	if err != nil {
 		return
 	}
-	rels, err := p.Store.Releases(ctx, app) // newest first
+	rels, err := s.Store.Releases(ctx, app) // newest first
 	if err != nil {
-		p.Log.Warn("collect releases", "app", app, "err", err)
+		s.Log.Warn("collect releases", "app", app, "err", err)
 		return
 	}
 	keptBuilds := map[string]bool{}
@@ -62,25 +62,25 @@ func (p *Plane) collect(ctx context.Context, app string) {
 	}
 	removed := 0
 	for _, r := range old {
-		if p.Images != nil {
-			if err := p.Images.Untag(ctx, app, fmt.Sprintf("v%d", r.Version)); err != nil && !errors.Is(err, imagestore.ErrNotFound) {
-				p.Log.Warn("untag old release", "app", app, "version", r.Version, "err", err)
+		if s.Images != nil {
+			if err := s.Images.Untag(ctx, app, fmt.Sprintf("v%d", r.Version)); err != nil && !errors.Is(err, imagestore.ErrNotFound) {
+				s.Log.Warn("untag old release", "app", app, "version", r.Version, "err", err)
 			}
 		}
 		if keptBuilds[r.BuildID] {
 			continue
 		}
-		dir := p.ArtifactPath(app, r.BuildID)
+		dir := s.Builder.Path(app, r.BuildID)
 		if _, err := os.Stat(dir); err != nil {
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
-			p.Log.Warn("remove old build", "app", app, "build", r.BuildID, "err", err)
+			s.Log.Warn("remove old build", "app", app, "build", r.BuildID, "err", err)
 			continue
 		}
-		if p.Images != nil {
-			if err := p.Images.Untag(ctx, app, r.BuildID); err != nil && !errors.Is(err, imagestore.ErrNotFound) {
-				p.Log.Warn("untag old build", "app", app, "build", r.BuildID, "err", err)
+		if s.Images != nil {
+			if err := s.Images.Untag(ctx, app, r.BuildID); err != nil && !errors.Is(err, imagestore.ErrNotFound) {
+				s.Log.Warn("untag old build", "app", app, "build", r.BuildID, "err", err)
 			}
 		}
 		removed++
@@ -88,37 +88,37 @@ func (p *Plane) collect(ctx context.Context, app string) {
 	if removed == 0 {
 		return
 	}
-	if im := p.Builder.Images; im != nil && im.Unpack != nil && !p.otherDeploys(app) {
+	if s.Unpacked != nil && !s.Busy.Elsewhere(app, opDeploy) {
 		// Dockerfile images unpacked for machines: keep those of every
 		// app's kept releases.
-		inUse, err := p.keptUnpacked(ctx, keep)
+		inUse, err := s.keptUnpacked(ctx, keep)
 		if err == nil {
-			_, err = im.Unpack.GC(ctx, inUse)
+			_, err = s.Unpacked.GC(ctx, inUse)
 		}
 		if err != nil {
-			p.Log.Warn("collect unpacked images", "err", err)
+			s.Log.Warn("collect unpacked images", "err", err)
 		}
 	}
-	if p.Images != nil {
-		if n, freed, err := p.Images.GC(ctx); err != nil {
-			p.Log.Warn("collect images", "err", err)
+	if s.Images != nil {
+		if n, freed, err := s.Images.GC(ctx); err != nil {
+			s.Log.Warn("collect images", "err", err)
 		} else if n > 0 {
-			p.Log.Info("collected old release images", "app", app, "blobs", n, "bytes", freed)
+			s.Log.Info("collected old release images", "app", app, "blobs", n, "bytes", freed)
 		}
 	}
-	p.event(ctx, app, "collect", "removed the builds of %d release(s) older than the newest %d", removed, keep)
+	s.event(ctx, app, "collect", "removed the builds of %d release(s) older than the newest %d", removed, keep)
 }
 
 // keptUnpacked are the digests of the unpacked images (Dockerfile
 // releases') that the kept releases of all apps run on.
-func (p *Plane) keptUnpacked(ctx context.Context, keep int) (map[string]bool, error) {
-	apps, err := p.Store.Apps(ctx)
+func (s *Service) keptUnpacked(ctx context.Context, keep int) (map[string]bool, error) {
+	apps, err := s.Store.Apps(ctx)
 	if err != nil {
 		return nil, err
 	}
 	inUse := map[string]bool{}
 	for _, a := range apps {
-		rels, err := p.Store.Releases(ctx, a.Name)
+		rels, err := s.Store.Releases(ctx, a.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -134,17 +134,4 @@ func (p *Plane) keptUnpacked(ctx context.Context, keep int) (map[string]bool, er
 		}
 	}
 	return inUse, nil
-}
-
-// otherDeploys says whether an app other than app has a deploy under way,
-// whose new image is in no release yet.
-func (p *Plane) otherDeploys(app string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for a, op := range p.busy {
-		if a != app && op == "a deploy" {
-			return true
-		}
-	}
-	return false
 }

@@ -1,4 +1,4 @@
-package control
+package infra
 
 import (
 	"context"
@@ -18,20 +18,20 @@ import (
 // BackupTimeout bounds one backup or restore.
 const BackupTimeout = 30 * time.Minute
 
-func (p *Plane) backupDir(name string) string { return filepath.Join(p.BackupDir, name) }
+func (s *Service) backupDir(name string) string { return filepath.Join(s.BackupDir, name) }
 
-func (p *Plane) backupPath(name, id string) string {
-	return filepath.Join(p.backupDir(name), id+".backup")
+func (s *Service) backupPath(name, id string) string {
+	return filepath.Join(s.backupDir(name), id+".backup")
 }
 
 // backuper returns a resource and its driver's backup side, or Invalid if
 // its type has no backups.
-func (p *Plane) backuper(ctx context.Context, name string) (store.ResourceRow, resources.Backuper, error) {
-	r, err := p.Store.Resource(ctx, name)
+func (s *Service) backuper(ctx context.Context, name string) (store.ResourceRow, resources.Backuper, error) {
+	r, err := s.Store.Resource(ctx, name)
 	if err != nil {
 		return r, nil, err
 	}
-	d, err := p.Resources.Driver(r.Type)
+	d, err := s.Types.Driver(r.Type)
 	if err != nil {
 		return r, nil, err
 	}
@@ -53,26 +53,26 @@ func newBackupID(now time.Time) string {
 
 // Backup takes a backup of a resource now. trigger is "manual" or
 // "schedule".
-func (p *Plane) Backup(ctx context.Context, name, trigger string) (resources.Backup, error) {
-	r, b, err := p.backuper(ctx, name)
+func (s *Service) Backup(ctx context.Context, name, trigger string) (resources.Backup, error) {
+	r, b, err := s.backuper(ctx, name)
 	if err != nil {
 		return resources.Backup{}, err
 	}
-	unlock, err := p.lock(name, "a backup")
+	unlock, err := s.Busy.Lock(name, "a backup")
 	if err != nil {
 		return resources.Backup{}, err
 	}
 	defer unlock()
-	inst, err := p.instance(r)
+	inst, err := s.instance(r)
 	if err != nil {
 		return resources.Backup{}, err
 	}
 	now := time.Now().UTC()
 	bk := resources.Backup{ID: newBackupID(now), Resource: name, Trigger: trigger, CreatedAt: now}
-	if err := os.MkdirAll(p.backupDir(name), 0o700); err != nil {
+	if err := os.MkdirAll(s.backupDir(name), 0o700); err != nil {
 		return bk, err
 	}
-	path := p.backupPath(name, bk.ID)
+	path := s.backupPath(name, bk.ID)
 	f, err := os.OpenFile(path+".tmp", os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return bk, err
@@ -91,49 +91,49 @@ func (p *Plane) Backup(ctx context.Context, name, trigger string) (resources.Bac
 	}
 	if err != nil {
 		os.Remove(path + ".tmp")
-		p.resourceEvent(ctx, name, "backup.failed", "%s backup failed: %v", trigger, firstLine(err))
+		s.resourceEvent(ctx, name, "backup.failed", "%s backup failed: %v", trigger, firstLine(err))
 		return bk, &pier.Error{Kind: pier.Failed, Msg: "backup of " + name + " failed", Err: err}
 	}
 	if st, err := os.Stat(path); err == nil {
 		bk.Size = st.Size()
 	}
-	if err := p.Store.AddBackup(ctx, bk); err != nil {
+	if err := s.Store.AddBackup(ctx, bk); err != nil {
 		os.Remove(path)
 		return bk, err
 	}
-	p.resourceEvent(ctx, name, "backup", "%s backup %s taken (%d bytes)", trigger, bk.ID, bk.Size)
+	s.resourceEvent(ctx, name, "backup", "%s backup %s taken (%d bytes)", trigger, bk.ID, bk.Size)
 	return bk, nil
 }
 
 // Backups lists a resource's backups, newest first.
-func (p *Plane) Backups(ctx context.Context, name string) ([]resources.Backup, error) {
-	if _, _, err := p.backuper(ctx, name); err != nil {
+func (s *Service) Backups(ctx context.Context, name string) ([]resources.Backup, error) {
+	if _, _, err := s.backuper(ctx, name); err != nil {
 		return nil, err
 	}
-	return p.Store.Backups(ctx, name)
+	return s.Store.Backups(ctx, name)
 }
 
 // RestoreBackup replaces a resource's data with a backup. Connections keep
 // working; sessions open during the restore are ended.
-func (p *Plane) RestoreBackup(ctx context.Context, name, id string, out io.Writer) error {
-	r, b, err := p.backuper(ctx, name)
+func (s *Service) RestoreBackup(ctx context.Context, name, id string, out io.Writer) error {
+	r, b, err := s.backuper(ctx, name)
 	if err != nil {
 		return err
 	}
-	bk, err := p.Store.Backup(ctx, name, id)
+	bk, err := s.Store.Backup(ctx, name, id)
 	if err != nil {
 		return err
 	}
-	unlock, err := p.lock(name, "a restore")
+	unlock, err := s.Busy.Lock(name, "a restore")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	inst, err := p.instance(r)
+	inst, err := s.instance(r)
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(p.backupPath(name, bk.ID))
+	f, err := os.Open(s.backupPath(name, bk.ID))
 	if err != nil {
 		return pier.Errorf(pier.Failed, "backup %s is recorded but its file is gone: %v", id, err)
 	}
@@ -142,18 +142,18 @@ func (p *Plane) RestoreBackup(ctx context.Context, name, id string, out io.Write
 	rctx, cancel := context.WithTimeout(ctx, BackupTimeout)
 	defer cancel()
 	if err := b.Restore(rctx, inst, f); err != nil {
-		p.resourceEvent(ctx, name, "restore.failed", "restore of %s failed: %v", id, firstLine(err))
+		s.resourceEvent(ctx, name, "restore.failed", "restore of %s failed: %v", id, firstLine(err))
 		return &pier.Error{Kind: pier.Failed, Msg: "restore of " + name + " failed", Err: err}
 	}
-	p.resourceEvent(ctx, name, "restore", "restored from backup %s", id)
+	s.resourceEvent(ctx, name, "restore", "restored from backup %s", id)
 	fmt.Fprintf(out, "==> %s restored\n", name)
 	return nil
 }
 
 // scheduledBackups takes the daily backups that are due and prunes
 // scheduled ones beyond each resource's retention.
-func (p *Plane) scheduledBackups(ctx context.Context, now time.Time) {
-	rows, err := p.Store.Resources(ctx)
+func (s *Service) scheduledBackups(ctx context.Context, now time.Time) {
+	rows, err := s.Store.Resources(ctx)
 	if err != nil {
 		return
 	}
@@ -161,7 +161,7 @@ func (p *Plane) scheduledBackups(ctx context.Context, now time.Time) {
 		if r.Status != resources.StatusReady || r.Params["backup_schedule"] != "daily" {
 			continue
 		}
-		bs, err := p.Store.Backups(ctx, r.Name)
+		bs, err := s.Store.Backups(ctx, r.Name)
 		if err != nil {
 			continue
 		}
@@ -172,21 +172,21 @@ func (p *Plane) scheduledBackups(ctx context.Context, now time.Time) {
 		if now.Sub(last) < 24*time.Hour {
 			continue
 		}
-		if _, err := p.Backup(ctx, r.Name, "schedule"); err != nil {
-			p.Log.Error("scheduled backup", "resource", r.Name, "err", err)
+		if _, err := s.Backup(ctx, r.Name, "schedule"); err != nil {
+			s.Log.Error("scheduled backup", "resource", r.Name, "err", err)
 			continue
 		}
-		p.pruneBackups(ctx, r)
+		s.pruneBackups(ctx, r)
 	}
 }
 
 // pruneBackups deletes scheduled backups beyond the retention count.
-func (p *Plane) pruneBackups(ctx context.Context, r store.ResourceRow) {
+func (s *Service) pruneBackups(ctx context.Context, r store.ResourceRow) {
 	keep := 7
 	if n, ok := r.Params["backup_retention"].(float64); ok {
 		keep = int(n)
 	}
-	bs, err := p.Store.Backups(ctx, r.Name)
+	bs, err := s.Store.Backups(ctx, r.Name)
 	if err != nil {
 		return
 	}
@@ -196,8 +196,8 @@ func (p *Plane) pruneBackups(ctx context.Context, r store.ResourceRow) {
 			continue
 		}
 		if n++; n > keep {
-			os.Remove(p.backupPath(r.Name, b.ID))
-			p.Store.DeleteBackup(ctx, b.ID)
+			os.Remove(s.backupPath(r.Name, b.ID))
+			s.Store.DeleteBackup(ctx, b.ID)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package control
+package infra
 
 import (
 	"context"
@@ -13,45 +13,45 @@ import (
 // what a crash interrupted (a half-created resource is removed, a
 // half-deleted one deleted, a half-removed connection revoked) and starts
 // every managed resource's server that is not running.
-func (p *Plane) StartResources(ctx context.Context) error {
-	rows, err := p.Store.Resources(ctx)
+func (s *Service) StartResources(ctx context.Context) error {
+	rows, err := s.Store.Resources(ctx)
 	if err != nil {
 		return err
 	}
 	for _, r := range rows {
-		d, err := p.Resources.Driver(r.Type)
+		d, err := s.Types.Driver(r.Type)
 		if err != nil {
-			p.Log.Error("resource of an unknown type", "resource", r.Name, "type", r.Type)
+			s.Log.Error("resource of an unknown type", "resource", r.Name, "type", r.Type)
 			continue
 		}
-		inst, err := p.instance(r)
+		inst, err := s.instance(r)
 		if err != nil {
-			p.Log.Error("resource credentials", "resource", r.Name, "err", err)
+			s.Log.Error("resource credentials", "resource", r.Name, "err", err)
 			continue
 		}
 		switch r.Status {
 		case resources.StatusCreating, resources.StatusDeleting:
-			p.Log.Warn("removing a resource whose create or delete was interrupted", "resource", r.Name, "status", r.Status)
-			p.discard(inst, d)
-			p.resourceEvent(ctx, r.Name, "resource.delete", "%s %s removed: its %s was interrupted", r.Type, r.Name, map[resources.Status]string{resources.StatusCreating: "creation", resources.StatusDeleting: "deletion"}[r.Status])
+			s.Log.Warn("removing a resource whose create or delete was interrupted", "resource", r.Name, "status", r.Status)
+			s.discard(inst, d)
+			s.resourceEvent(ctx, r.Name, "resource.delete", "%s %s removed: its %s was interrupted", r.Type, r.Name, map[resources.Status]string{resources.StatusCreating: "creation", resources.StatusDeleting: "deletion"}[r.Status])
 		default:
 			sctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
 			err := d.Start(sctx, inst)
 			cancel()
 			if err != nil {
-				p.Log.Error("start resource", "resource", r.Name, "err", err)
+				s.Log.Error("start resource", "resource", r.Name, "err", err)
 				continue
 			}
-			p.Log.Info("resource started", "resource", r.Name, "type", r.Type)
+			s.Log.Info("resource started", "resource", r.Name, "type", r.Type)
 		}
 	}
-	p.finishRevokes(ctx)
+	s.finishRevokes(ctx)
 	return nil
 }
 
 // finishRevokes revokes the connections left marked for removal.
-func (p *Plane) finishRevokes(ctx context.Context) {
-	conns, err := p.Store.Connections(ctx, "", "")
+func (s *Service) finishRevokes(ctx context.Context) {
+	conns, err := s.Store.Connections(ctx, "", "")
 	if err != nil {
 		return
 	}
@@ -61,29 +61,29 @@ func (p *Plane) finishRevokes(ctx context.Context) {
 		}
 		// A disconnect under way holds the app's lock and revokes itself
 		// once its roll is done; only abandoned rows are ours.
-		unlock, err := p.lock(c.App, "a revoke")
+		unlock, err := s.Busy.Lock(c.App, "a revoke")
 		if err != nil {
 			continue
 		}
-		c, err := p.Store.Connection(ctx, c.App, c.Target)
+		c, err := s.Store.Connection(ctx, c.App, c.Target)
 		if err != nil || c.Status != store.ConnRevoking {
 			unlock()
 			continue
 		}
-		err = p.finishRevoke(ctx, c)
+		err = s.finishRevoke(ctx, c)
 		unlock()
 		if err != nil {
-			p.Log.Warn("revoke connection; will retry", "app", c.App, "resource", c.Target, "err", err)
+			s.Log.Warn("revoke connection; will retry", "app", c.App, "resource", c.Target, "err", err)
 			continue
 		}
-		p.resourceEvent(ctx, c.Target, "disconnect", "the credentials of %s were revoked", c.App)
+		s.resourceEvent(ctx, c.Target, "disconnect", "the credentials of %s were revoked", c.App)
 	}
 }
 
 // RunResources keeps resources serving until ctx is done: every interval
 // it starts a managed server that stopped (crashed, killed) and retries
 // pending revocations; once a minute it takes the scheduled backups due.
-func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
+func (s *Service) RunResources(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	lastBackups := time.Time{}
@@ -95,7 +95,7 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		rows, err := p.Store.Resources(ctx)
+		rows, err := s.Store.Resources(ctx)
 		if err != nil {
 			continue
 		}
@@ -103,20 +103,20 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			if r.Status != resources.StatusReady {
 				continue
 			}
-			d, err := p.Resources.Driver(r.Type)
+			d, err := s.Types.Driver(r.Type)
 			if err != nil {
 				continue
 			}
 			// Never under a delete, backup or restore of the resource.
-			unlock, err := p.lock(r.Name, "a health check")
+			unlock, err := s.Busy.Lock(r.Name, "a health check")
 			if err != nil {
 				continue
 			}
-			if cur, err := p.Store.Resource(ctx, r.Name); err != nil || cur.Status != resources.StatusReady {
+			if cur, err := s.Store.Resource(ctx, r.Name); err != nil || cur.Status != resources.StatusReady {
 				unlock()
 				continue
 			}
-			inst, err := p.instance(r)
+			inst, err := s.instance(r)
 			if err != nil {
 				unlock()
 				continue
@@ -128,21 +128,21 @@ func (p *Plane) RunResources(ctx context.Context, every time.Duration) {
 			switch {
 			case err != nil && !failing[r.Name]:
 				failing[r.Name] = true
-				p.Log.Error("resource is down and could not be started", "resource", r.Name, "err", err)
-				p.resourceEvent(ctx, r.Name, "resource.down", "%s is down: %v", r.Name, firstLine(err))
+				s.Log.Error("resource is down and could not be started", "resource", r.Name, "err", err)
+				s.resourceEvent(ctx, r.Name, "resource.down", "%s is down: %v", r.Name, firstLine(err))
 			case err == nil && failing[r.Name]:
 				delete(failing, r.Name)
-				p.Log.Info("resource is back", "resource", r.Name)
-				p.resourceEvent(ctx, r.Name, "resource.up", "%s is serving again", r.Name)
+				s.Log.Info("resource is back", "resource", r.Name)
+				s.resourceEvent(ctx, r.Name, "resource.up", "%s is serving again", r.Name)
 			}
 		}
-		p.finishRevokes(ctx)
+		s.finishRevokes(ctx)
 		// Backups take minutes: in their own goroutine, one round at a time.
 		if time.Since(lastBackups) >= time.Minute && backingUp.CompareAndSwap(false, true) {
 			lastBackups = time.Now()
 			go func() {
 				defer backingUp.Store(false)
-				p.scheduledBackups(ctx, time.Now())
+				s.scheduledBackups(ctx, time.Now())
 			}()
 		}
 	}

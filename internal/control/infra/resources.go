@@ -1,4 +1,4 @@
-package control
+package infra
 
 import (
 	"context"
@@ -32,30 +32,30 @@ type ResourceNet struct {
 // ProvisionTimeout bounds creating one resource.
 const ProvisionTimeout = 2 * time.Minute
 
-// ResourceStatus is a resource with its connections.
-type ResourceStatus struct {
+// ResourceDetail is a resource with its connections.
+type ResourceDetail struct {
 	resources.Resource
 	Connections []resources.Connection `json:"connections"`
 }
 
 // resourceDir is a resource's private directory.
-func (p *Plane) resourceDir(name string) string { return filepath.Join(p.ResourceDir, name) }
+func (s *Service) resourceDir(name string) string { return filepath.Join(s.ResourceDir, name) }
 
 // MoveResourceDirs moves the directories of resources that still live
 // under from, where earlier versions kept them, to ResourceDir. Each
 // server is stopped first, since it names its paths, and StartResources
 // starts it again from its new place. A move is a rename: across file
 // systems it fails, naming both paths, before any server stops.
-func (p *Plane) MoveResourceDirs(ctx context.Context, from string) error {
-	if from == p.ResourceDir {
+func (s *Service) MoveResourceDirs(ctx context.Context, from string) error {
+	if from == s.ResourceDir {
 		return nil
 	}
-	rows, err := p.Store.Resources(ctx)
+	rows, err := s.Store.Resources(ctx)
 	if err != nil {
 		return err
 	}
 	for _, r := range rows {
-		old, dst := filepath.Join(from, r.Name), p.resourceDir(r.Name)
+		old, dst := filepath.Join(from, r.Name), s.resourceDir(r.Name)
 		if _, err := os.Lstat(old); os.IsNotExist(err) {
 			continue
 		}
@@ -69,8 +69,8 @@ func (p *Plane) MoveResourceDirs(ctx context.Context, from string) error {
 		if _, err := os.Lstat(dst); err == nil {
 			return fail(dst + " exists already")
 		}
-		if d, err := p.Resources.Driver(r.Type); err == nil {
-			inst, err := p.instance(r)
+		if d, err := s.Types.Driver(r.Type); err == nil {
+			inst, err := s.instance(r)
 			if err != nil {
 				return err
 			}
@@ -87,7 +87,7 @@ func (p *Plane) MoveResourceDirs(ctx context.Context, from string) error {
 		} else if err != nil {
 			return fail(err.Error())
 		}
-		p.Log.Info("moved resource out of the data dir", "resource", r.Name, "from", old, "to", dst)
+		s.Log.Info("moved resource out of the data dir", "resource", r.Name, "from", old, "to", dst)
 	}
 	return nil
 }
@@ -127,14 +127,14 @@ func splitParams(params map[string]any) (public, secret map[string]any) {
 
 // instance is what a driver is given for a stored resource, its secret
 // parameters and admin credentials opened.
-func (p *Plane) instance(r store.ResourceRow) (resources.Instance, error) {
-	inst := resources.Instance{Name: r.Name, Params: map[string]any{}, Dir: p.resourceDir(r.Name), Port: r.Port,
-		Listen: p.ResourceNet.Listen, Host: p.ResourceNet.Host}
+func (s *Service) instance(r store.ResourceRow) (resources.Instance, error) {
+	inst := resources.Instance{Name: r.Name, Params: map[string]any{}, Dir: s.resourceDir(r.Name), Port: r.Port,
+		Listen: s.Net.Listen, Host: s.Net.Host}
 	for k, v := range r.Params {
 		inst.Params[k] = v
 	}
 	if len(r.AdminSealed) > 0 {
-		plain, err := p.Keys.Open("resource/"+r.Name, "admin", r.AdminKeyID, r.AdminSealed)
+		plain, err := s.Keys.Open("resource/"+r.Name, "admin", r.AdminKeyID, r.AdminSealed)
 		if err != nil {
 			return inst, fmt.Errorf("open admin credentials of %s: %w", r.Name, err)
 		}
@@ -150,12 +150,12 @@ func (p *Plane) instance(r store.ResourceRow) (resources.Instance, error) {
 	return inst, nil
 }
 
-func (p *Plane) sealJSON(scope, name string, v any) (string, []byte, error) {
+func (s *Service) sealJSON(scope, name string, v any) (string, []byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return "", nil, err
 	}
-	return p.Keys.Seal(scope, name, string(b))
+	return s.Keys.Seal(scope, name, string(b))
 }
 
 // freePort picks a TCP port free on loopback now; the resource keeps it.
@@ -177,26 +177,21 @@ func ValidateResourceName(name string) error {
 	return nil
 }
 
-// resourceEvent records an event in the history of a resource.
-func (p *Plane) resourceEvent(ctx context.Context, name, typ, format string, args ...any) {
-	p.event(ctx, "resource/"+name, typ, format, args...)
-}
-
 // CreateResource provisions a resource of type typ. Parameters are checked
 // before anything is created; a failed provisioning leaves nothing behind.
-func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map[string]any, out io.Writer) (resources.Resource, error) {
+func (s *Service) CreateResource(ctx context.Context, name, typ string, params map[string]any, out io.Writer) (resources.Resource, error) {
 	if err := ValidateResourceName(name); err != nil {
 		return resources.Resource{}, err
 	}
-	d, err := p.Resources.Driver(typ)
+	d, err := s.Types.Driver(typ)
 	if err != nil {
 		return resources.Resource{}, err
 	}
-	params, err = p.Resources.Params(typ, params)
+	params, err = s.Types.Params(typ, params)
 	if err != nil {
 		return resources.Resource{}, err
 	}
-	unlock, err := p.lock(name, "a resource create")
+	unlock, err := s.Busy.Lock(name, "a resource create")
 	if err != nil {
 		return resources.Resource{}, err
 	}
@@ -211,19 +206,19 @@ func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map
 		Status: resources.StatusCreating, CreatedAt: time.Now().UTC()}}
 	// Secret parameters are sealed from the start, so a crash mid-create
 	// can still clean up an external resource.
-	if row.AdminKeyID, row.AdminSealed, err = p.sealJSON("resource/"+name, "admin", sealedResource{Params: secret}); err != nil {
+	if row.AdminKeyID, row.AdminSealed, err = s.sealJSON("resource/"+name, "admin", sealedResource{Params: secret}); err != nil {
 		return resources.Resource{}, err
 	}
-	if err := p.Store.CreateResource(ctx, row); err != nil {
+	if err := s.Store.CreateResource(ctx, row); err != nil {
 		return resources.Resource{}, err
 	}
-	inst, err := p.instance(row)
+	inst, err := s.instance(row)
 	if err != nil {
-		p.Store.DeleteResource(context.Background(), name)
+		s.Store.DeleteResource(context.Background(), name)
 		return resources.Resource{}, err
 	}
 	if err := os.MkdirAll(inst.Dir, 0o700); err != nil {
-		p.Store.DeleteResource(context.Background(), name)
+		s.Store.DeleteResource(context.Background(), name)
 		return resources.Resource{}, err
 	}
 	mode := "managed"
@@ -238,37 +233,37 @@ func (p *Plane) CreateResource(ctx context.Context, name, typ string, params map
 	if err == nil {
 		var keyID string
 		var sealed []byte
-		if keyID, sealed, err = p.sealJSON("resource/"+name, "admin", sealedResource{Params: secret, Admin: admin}); err == nil {
-			err = p.Store.ResourceReady(ctx, name, keyID, sealed)
+		if keyID, sealed, err = s.sealJSON("resource/"+name, "admin", sealedResource{Params: secret, Admin: admin}); err == nil {
+			err = s.Store.ResourceReady(ctx, name, keyID, sealed)
 		}
 	}
 	if err != nil {
-		p.discard(inst, d)
+		s.discard(inst, d)
 		return resources.Resource{}, &pier.Error{Kind: pier.Failed, Msg: fmt.Sprintf("could not create %s %s", typ, name), Err: err}
 	}
 	row.Status = resources.StatusReady
 	fmt.Fprintf(out, "==> %s is ready (%s)\n", name, time.Since(begin).Round(10*time.Millisecond))
-	p.resourceEvent(ctx, name, "resource.create", "%s %s created (%s) in %s", typ, name, mode, time.Since(begin).Round(time.Millisecond))
-	return p.publicResource(row), nil
+	s.resourceEvent(ctx, name, "resource.create", "%s %s created (%s) in %s", typ, name, mode, time.Since(begin).Round(time.Millisecond))
+	return s.publicResource(row), nil
 }
 
 // discard removes a resource whose creation failed or was interrupted.
-func (p *Plane) discard(inst resources.Instance, d resources.Driver) {
+func (s *Service) discard(inst resources.Instance, d resources.Driver) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := d.Destroy(ctx, inst); err != nil {
-		p.Log.Warn("clean up resource", "resource", inst.Name, "err", err)
+		s.Log.Warn("clean up resource", "resource", inst.Name, "err", err)
 	}
 	os.RemoveAll(inst.Dir)
-	p.Store.DeleteResource(ctx, inst.Name)
+	s.Store.DeleteResource(ctx, inst.Name)
 }
 
 // publicResource is what the API shows of a stored resource: its stored
 // parameters are already redacted, and admin credentials are sealed apart.
-func (p *Plane) publicResource(r store.ResourceRow) resources.Resource {
+func (s *Service) publicResource(r store.ResourceRow) resources.Resource {
 	res := r.Resource
 	if r.Managed {
-		res.Host = p.ResourceNet.Host
+		res.Host = s.Net.Host
 	} else {
 		res.Port = 0
 	}
@@ -294,40 +289,40 @@ func redactURL(s string) string {
 }
 
 // ListResources lists every resource.
-func (p *Plane) ListResources(ctx context.Context) ([]resources.Resource, error) {
-	rows, err := p.Store.Resources(ctx)
+func (s *Service) ListResources(ctx context.Context) ([]resources.Resource, error) {
+	rows, err := s.Store.Resources(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]resources.Resource, 0, len(rows))
 	for _, r := range rows {
-		out = append(out, p.publicResource(r))
+		out = append(out, s.publicResource(r))
 	}
 	return out, nil
 }
 
 // GetResource returns a resource with its connections.
-func (p *Plane) GetResource(ctx context.Context, name string) (ResourceStatus, error) {
-	r, err := p.Store.Resource(ctx, name)
+func (s *Service) GetResource(ctx context.Context, name string) (ResourceDetail, error) {
+	r, err := s.Store.Resource(ctx, name)
 	if err != nil {
-		return ResourceStatus{}, err
+		return ResourceDetail{}, err
 	}
-	conns, err := p.Connections(ctx, "", name)
+	conns, err := s.Connections(ctx, "", name)
 	if err != nil {
-		return ResourceStatus{}, err
+		return ResourceDetail{}, err
 	}
-	return ResourceStatus{Resource: p.publicResource(r), Connections: conns}, nil
+	return ResourceDetail{Resource: s.publicResource(r), Connections: conns}, nil
 }
 
 // DeleteResource destroys a resource and its data. With connections it is
 // refused unless force, which disconnects every app first (revoking their
 // credentials and rolling them).
-func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out io.Writer) error {
-	r, err := p.Store.Resource(ctx, name)
+func (s *Service) DeleteResource(ctx context.Context, name string, force bool, out io.Writer) error {
+	r, err := s.Store.Resource(ctx, name)
 	if err != nil {
 		return err
 	}
-	conns, err := p.Store.Connections(ctx, "", name)
+	conns, err := s.Store.Connections(ctx, "", name)
 	if err != nil {
 		return err
 	}
@@ -341,33 +336,33 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 		}
 		return pier.Errorf(pier.Precondition, "%s is connected to %s; disconnect them first (`pier disconnect APP %s`) or pass --force to revoke their access and delete it", name, strings.Join(apps, ", "), name)
 	}
-	unlock, err := p.lock(name, "a resource delete")
+	unlock, err := s.Busy.Lock(name, "a resource delete")
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	// Marked first: no new connection is made to a resource being deleted.
-	if err := p.Store.SetResourceStatus(ctx, name, resources.StatusDeleting); err != nil {
+	if err := s.Store.SetResourceStatus(ctx, name, resources.StatusDeleting); err != nil {
 		return err
 	}
 	for _, c := range conns {
-		if err := p.Disconnect(ctx, c.App, name, out); err != nil {
-			p.Store.SetResourceStatus(context.Background(), name, resources.StatusReady)
+		if err := s.Disconnect(ctx, c.App, name, out); err != nil {
+			s.Store.SetResourceStatus(context.Background(), name, resources.StatusReady)
 			return fmt.Errorf("disconnect %s: %w", c.App, err)
 		}
 	}
-	if left, err := p.Store.Connections(ctx, "", name); err != nil || len(left) > 0 {
-		p.Store.SetResourceStatus(context.Background(), name, resources.StatusReady)
+	if left, err := s.Store.Connections(ctx, "", name); err != nil || len(left) > 0 {
+		s.Store.SetResourceStatus(context.Background(), name, resources.StatusReady)
 		if err == nil {
 			err = pier.Errorf(pier.Conflict, "%s got a new connection while being deleted; try again", name)
 		}
 		return err
 	}
-	d, err := p.Resources.Driver(r.Type)
+	d, err := s.Types.Driver(r.Type)
 	if err != nil {
 		return err
 	}
-	inst, err := p.instance(r)
+	inst, err := s.instance(r)
 	if err != nil {
 		return err
 	}
@@ -378,14 +373,14 @@ func (p *Plane) DeleteResource(ctx context.Context, name string, force bool, out
 		return &pier.Error{Kind: pier.Failed, Msg: "could not delete " + name, Err: err}
 	}
 	os.RemoveAll(inst.Dir)
-	os.RemoveAll(p.backupDir(name))
-	if err := p.Store.DeleteResource(ctx, name); err != nil {
+	os.RemoveAll(s.backupDir(name))
+	if err := s.Store.DeleteResource(ctx, name); err != nil {
 		return err
 	}
-	p.resourceEvent(ctx, name, "resource.delete", "%s %s deleted", r.Type, name)
+	s.resourceEvent(ctx, name, "resource.delete", "%s %s deleted", r.Type, name)
 	fmt.Fprintf(out, "==> %s deleted\n", name)
 	return nil
 }
 
 // ResourceTypes lists the resource types.
-func (p *Plane) ResourceTypes() []resources.TypeInfo { return p.Resources.Types() }
+func (s *Service) ResourceTypes() []resources.TypeInfo { return s.Types.Types() }
