@@ -27,7 +27,7 @@ func (s *Sandbox) RunImage(ctx context.Context, spec runtime.Spec) error {
 	if spec.Upper == "" {
 		return fmt.Errorf("build step %s: no upper layer to keep its changes", spec.ID)
 	}
-	spec.Mounts, spec.Files, spec.Hosts, spec.HostPorts = nil, nil, nil, nil
+	spec.Mounts, spec.Files, spec.HostPorts = nil, nil, nil
 	spec.Port = 0
 	spec.Resources = s.limits()
 	spec.Env = s.proxyEnv(spec.Env)

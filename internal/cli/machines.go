@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -18,11 +19,17 @@ func (e *env) machinesCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "machines",
 		Aliases: []string{"machine", "m"},
-		Short:   "Run and manage isolated machines directly (sandboxes, jobs)",
+		Short:   "Run and manage machines: an app's, and sandboxes or jobs of your own",
 		Long: `Machines are pier's compute primitive: one isolated process tree with its own
 namespaces, cgroup limits and network address, from an OCI image. The API is
-shaped like the Fly.io Machines API (/v1/apps/{app}/machines). Machines need
-the runc runtime (pier server as root with runc installed).
+shaped like the Fly.io Machines API (/v1/apps/{app}/machines). Machines you
+create need the runc runtime (pier server as root with runc installed).
+
+An app's releases run on machines too: deploys create and retire them, and
+they show here beside your own, with the same states and events. Stop, start
+and exec work on them (pier machines exec ID -- sh, to look inside a running
+app); their config is the release's, so change pier.toml and deploy instead
+of updating them.
 
 Images: oci:PATH[:TAG] (an OCI layout directory), oci-archive:PATH[:TAG],
 docker-archive:PATH (a docker save tarball), a registry reference, or
@@ -103,7 +110,7 @@ func (e *env) machinesListCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:     "list",
-		Short:   "List an app's machines",
+		Short:   "List an app's machines: its releases' and those made with `pier machines run`",
 		Example: `  pier machines list -a sbx --json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -125,7 +132,15 @@ func (e *env) machinesListCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tIMAGE\tADDRESS\tCPUS\tMEMORY\tUPDATED")
 			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d MB\t%s ago\n", m.ID, m.Name, m.State, m.Config.Image, m.PrivateIP, m.Config.Guest.CPUs, m.Config.Guest.MemoryMB, ago(m.UpdatedAt))
+				// An app's release machines have the server's default size.
+				cpus, mem := "default", "default"
+				if m.Config.Guest.CPUs > 0 {
+					cpus = strconv.Itoa(m.Config.Guest.CPUs)
+				}
+				if m.Config.Guest.MemoryMB > 0 {
+					mem = fmt.Sprintf("%d MB", m.Config.Guest.MemoryMB)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s ago\n", m.ID, m.Name, m.State, m.Config.Image, m.PrivateIP, cpus, mem, ago(m.UpdatedAt))
 			}
 			return tw.Flush()
 		},

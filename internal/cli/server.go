@@ -2,6 +2,7 @@ package cli
 
 import (
 	"log/slog"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -17,15 +18,25 @@ func (e *env) serverCmd() *cobra.Command {
 	var debug bool
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the platform: API, state store, supervisor and edge proxy",
+		Short: "Run the platform: API, state store, machine manager and edge proxy",
 		Long: `Run pier on this machine: the API (for the CLI), the state store, the
-supervisor that runs apps' machines, and the edge proxy that serves app X at
-http://X.<domain>:<http port>/.
+machine manager that runs every machine (apps' and the machines API's), and
+the edge proxy that serves app X at http://X.<domain>:<http port>/.
 
 On first start it creates an admin token in the data dir (mode 0600) and saves
 CLI credentials for the local user, so other pier commands just work. State
-survives restarts: apps are served again when the server comes back. Stop it
-with Ctrl-C or SIGTERM: traffic drains and every machine stops.
+survives restarts. Stop it with Ctrl-C or SIGTERM: isolated machines (runc)
+keep running, with their output kept by a small monitor process each, and
+the next pier server adopts them without a restart, so restarting or
+upgrading pier is no outage for apps (--stop-machines-on-exit stops them
+instead). Apps run as host processes are stopped and started again.
+
+kill -HUP restarts the server gracefully, e.g. after replacing the pier
+binary: a new server, from the binary now at the same path with the same
+flags, takes over the listening sockets, and the old one finishes the
+requests in flight and exits. Connections that arrive meanwhile wait in the
+sockets' backlog: no request is refused. The new server writes its pid to
+<data-dir>/server.pid.
 
 Run as root with runc installed, apps and machines are isolated (own
 namespaces, cgroup limits, an address on the --bridge); otherwise apps run as
@@ -56,6 +67,20 @@ keys live in <data-dir>/certs.`,
 			c.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			restart := make(chan struct{})
+			go func() {
+				for range hup {
+					select {
+					case restart <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}()
+			c.Restart = restart
 			return server.Run(ctx, c)
 		},
 	}
@@ -76,6 +101,7 @@ keys live in <data-dir>/certs.`,
 	f.StringVar(&c.BaseCache, "base-cache", "", "where base images assembled from the host's Debian packages are kept (default: <data-dir>/images/bases); servers you trust may share one")
 	f.IntVar(&c.KeepReleases, "keep-releases", 10, "how many releases per app keep their build and image; older ones are collected (the current one always stays)")
 	f.DurationVar(&c.MachineIdleTimeout, "machine-idle-timeout", 5*time.Minute, "how long an app without traffic keeps machines whose service has autostop")
+	f.BoolVar(&c.StopMachinesOnExit, "stop-machines-on-exit", false, "stop every machine when the server exits (default: isolated machines run on, and the next server adopts them)")
 	f.StringVar(&c.HTTPSAddr, "https-addr", "", "address of the edge's HTTPS listener (default: none, HTTP only)")
 	f.StringVar(&c.ACMECA, "acme-ca", certs.DefaultACMECA, "ACME directory URL that issues custom domains' certificates")
 	f.StringVar(&c.ACMEEmail, "acme-email", "", "contact email of the ACME account (expiry and problem notices)")

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/internal/pier"
 )
 
 // setVersion rewrites the sample's pier.toml so the next deploy serves v.
@@ -168,7 +170,7 @@ func TestFailedReleaseKeepsServing(t *testing.T) {
 	})
 }
 
-// TestCrashedMachineComesBack kills a machine with SIGKILL; the supervisor
+// TestCrashedMachineComesBack kills a machine with SIGKILL; the machine manager
 // must bring it back and the app must serve again within seconds.
 func TestCrashedMachineComesBack(t *testing.T) {
 	forEachRuntime(t, func(t *testing.T, start func(testing.TB) *server) {
@@ -210,9 +212,12 @@ func TestScaleToZero(t *testing.T) {
 		setVersion(t, dir, "sleepy", "z", "[http_service]\nauto_stop_machines = \"stop\"\nidle_timeout = \"2s\"\n")
 		s.mustPier("launch", dir, "--yes")
 		s.mustGet("sleepy", "/", "version=z")
+		before := s.status("sleepy").Machines
+		// The idle machine is stopped and kept, as Fly's autostop does: the
+		// next request starts the same machine again.
 		eventually(t, 20*time.Second, "idle app stopped", func() error {
-			if n := len(s.status("sleepy").Machines); n != 0 {
-				return fmt.Errorf("%d machines", n)
+			if ms := s.status("sleepy").Machines; len(ms) != 1 || ms[0].State != pier.MachineStopped {
+				return fmt.Errorf("machines: %+v", ms)
 			}
 			return nil
 		})
@@ -222,8 +227,8 @@ func TestScaleToZero(t *testing.T) {
 		begin := time.Now()
 		s.mustGet("sleepy", "/", "version=z") // held until a machine is up, then served
 		t.Logf("cold start through the proxy: %s", time.Since(begin))
-		if st := s.status("sleepy"); len(st.Machines) != 1 || st.Count != 1 {
-			t.Errorf("after wake: count %d, %d machines", st.Count, len(st.Machines))
+		if st := s.status("sleepy"); len(st.Machines) != 1 || st.Count != 1 || st.Machines[0].ID != before[0].ID || st.Machines[0].State != pier.MachineStarted {
+			t.Errorf("after wake: count %d, machines %+v (before: %+v)", st.Count, st.Machines, before)
 		}
 		events := s.api("/v1/apps/sleepy/events")
 		for _, want := range []string{`"type": "autostop"`, `"type": "autostart"`} {

@@ -6,6 +6,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -85,6 +87,7 @@ type server struct {
 	log      *bytes.Buffer
 	exited   chan struct{}
 	flags    []string // extra `pier server` flags
+	bin      string   // the pier binary the server runs (default pierBin)
 }
 
 // startServer starts a server without isolated machines (most tests need
@@ -98,12 +101,28 @@ func startProcessServer(t testing.TB) *server { return startServerWith(t, "--run
 
 func startServerWith(t testing.TB, flags ...string) *server {
 	t.Helper()
+	return startServerBin(t, "", flags...)
+}
+
+// startServerBin is startServerWith running the pier binary at bin.
+func startServerBin(t testing.TB, bin string, flags ...string) *server {
+	t.Helper()
 	root := t.TempDir()
 	s := &server{t: t, root: root, dataDir: filepath.Join(root, "data"), home: filepath.Join(root, "home"),
-		apiPort: freePort(t), httpPort: freePort(t), flags: flags}
+		apiPort: freePort(t), httpPort: freePort(t), flags: flags, bin: bin}
 	s.start()
 	t.Cleanup(func() {
 		s.stop(syscall.SIGTERM)
+		// Isolated machines outlive a server that stops; the next server,
+		// told to, adopts and stops them, as an operator would.
+		if s.isolated() && s.running() > 0 {
+			s.flags = append(s.flags, "--stop-machines-on-exit")
+			s.start()
+			s.stop(syscall.SIGTERM)
+		}
+		if n := len(s.monitors()); n > 0 {
+			t.Errorf("%d machine monitors left running after the server stopped", n)
+		}
 		s.killResources()
 		if dir := s.serversDir(); dir != "" {
 			os.RemoveAll(dir)
@@ -137,7 +156,11 @@ func (s *server) start() {
 	s.t.Helper()
 	args := append([]string{"server", "--data-dir", s.dataDir,
 		"--api-addr", fmt.Sprintf("127.0.0.1:%d", s.apiPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", s.httpPort)}, s.flags...)
-	s.cmd = exec.Command(pierBin, args...)
+	bin := pierBin
+	if s.bin != "" {
+		bin = s.bin
+	}
+	s.cmd = exec.Command(bin, args...)
 	s.cmd.Env = s.env()
 	if s.log == nil {
 		s.log = &bytes.Buffer{}
@@ -169,7 +192,13 @@ func (s *server) stop(sig syscall.Signal) {
 		return
 	default:
 	}
-	s.cmd.Process.Signal(sig)
+	// After a graceful restart the server running is the one that took
+	// over (its output still goes to s.log, so s.exited waits for it too).
+	if pid := s.pid(); pid > 0 && pid != s.cmd.Process.Pid && syscall.Kill(pid, 0) == nil {
+		syscall.Kill(pid, sig)
+	} else {
+		s.cmd.Process.Signal(sig)
+	}
 	select {
 	case <-s.exited:
 	case <-time.After(30 * time.Second):
@@ -177,6 +206,13 @@ func (s *server) stop(sig syscall.Signal) {
 		<-s.exited
 		s.t.Errorf("pier server did not stop within 30s of %v", sig)
 	}
+}
+
+// pid is the pid the running server wrote to <data-dir>/server.pid.
+func (s *server) pid() int {
+	b, _ := os.ReadFile(filepath.Join(s.dataDir, "server.pid"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
 
 // isolated reports whether the server runs apps under runc.
@@ -213,6 +249,13 @@ func startRuncServer(t testing.TB) *server { return startRuncServerWith(t) }
 // startRuncServerWith is startRuncServer with more server flags.
 func startRuncServerWith(t testing.TB, flags ...string) *server {
 	t.Helper()
+	return startRuncServerWithBinary(t, "", flags...)
+}
+
+// startRuncServerWithBinary is startRuncServerWith running the pier binary
+// at bin ("": the one the tests built).
+func startRuncServerWithBinary(t testing.TB, bin string, flags ...string) *server {
+	t.Helper()
 	needRunc(t)
 	n := freeSubnet(t)
 	bridge := fmt.Sprintf("pe2e%d", n)
@@ -220,7 +263,7 @@ func startRuncServerWith(t testing.TB, flags ...string) *server {
 	// server keeps its bridge and firewall chains across restarts on
 	// purpose, but a test's are of no further use.
 	t.Cleanup(func() { removeBridge(t, bridge) })
-	return startServerWith(t, append([]string{"--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n), "--base-cache", baseCache}, flags...)...)
+	return startServerBin(t, bin, append([]string{"--runtime", "runc", "--bridge", bridge, "--subnet", fmt.Sprintf("100.127.%d.0/24", n), "--base-cache", baseCache}, flags...)...)
 }
 
 // removeBridge deletes a bridge and the firewall chains pier made for it
@@ -287,8 +330,32 @@ func forEachRuntime(t *testing.T, body func(t *testing.T, start func(testing.TB)
 	t.Run("runc", func(t *testing.T) { body(t, startRuncServer) })
 }
 
+// runDir is where the server's runc driver keeps its machines' bundles
+// (runc.defaultRunDir).
+func (s *server) runDir() string {
+	sum := sha256.Sum256([]byte(filepath.Join(s.dataDir, "machines")))
+	return filepath.Join("/run/pier", hex.EncodeToString(sum[:8]))
+}
+
+// monitors lists the pids of this server's machine monitors (shims).
+func (s *server) monitors() []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	want := []byte("PIER_MACHINE_SHIM=" + s.runDir() + "/")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ")); err == nil && bytes.Contains(env, want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // strays lists host processes that carry a machine id of this server's
-// data dir: machines that outlived their supervisor.
+// data dir: machines that outlived their server.
 func (s *server) strays() []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int

@@ -114,6 +114,15 @@ func (w *LineWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// WriteLine stores one whole line written at t (by a machine while no
+// server was reading it, and handed over later).
+func (w *LineWriter) WriteLine(t time.Time, line string) {
+	if t.IsZero() {
+		t = time.Now()
+	}
+	w.hub.Append(pier.LogLine{Time: t.UTC(), App: w.app, Machine: w.machine, Stream: w.stream, Line: line})
+}
+
 // Flush writes out an unterminated last line.
 func (w *LineWriter) Flush() {
 	if len(w.partial) > 0 {

@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"strconv"
 	"sync"
@@ -43,9 +45,19 @@ type collector interface {
 	GC(ctx context.Context, inUse map[string]bool) (int, error)
 }
 
-// Driver starts machines; it must isolate them (internal/runtime/runc).
+// Driver starts machines (internal/runtime/runc, internal/runtime/process).
+// Machines of the machines API run only on a driver that isolates them.
 type Driver interface {
 	Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error)
+	// Isolates reports whether machines are isolated from the host and
+	// from each other.
+	Isolates() bool
+}
+
+// Mesh is the part of the service mesh that tracks app machines.
+type Mesh interface {
+	Join(app, id string, addr netip.Addr)
+	Leave(id string)
 }
 
 // Persister keeps machine documents across restarts (the state store).
@@ -75,6 +87,16 @@ type Manager struct {
 	// again every time.
 	ImageGrace time.Duration
 
+	// Releases, when set, turns app releases into what their machines run
+	// (CreateAppMachine needs it).
+	Releases Releases
+	// Mesh, when set, learns which app each isolated app machine's address
+	// belongs to, so its calls carry the app's identity.
+	Mesh Mesh
+	// Events, when set, records app events about app machines (exits,
+	// failed checks, autostop and autostart) in the app's history.
+	Events func(app, typ, msg string)
+
 	closing atomic.Bool // the server is shutting down: exits are not the machines' doing
 	mu      sync.Mutex
 	ms      map[string]*entry
@@ -92,8 +114,18 @@ type entry struct {
 	proc    runtime.Process
 	stopReq bool          // the current process is being stopped on purpose
 	retries int           // restarts since the last user start
-	changed chan struct{} // closed and replaced at every state change
+	exits   int           // exits since the last user start
+	healthy bool          // the current process passes its checks
+	routed  bool          // is in the edge's traffic now
+	changed chan struct{} // closed and replaced at every change of state or health
 	running chan struct{} // closed when the current process's goroutine ends; nil when none
+	routeMu sync.Mutex    // orders the entry's routing changes
+}
+
+// notify wakes those waiting on the machine; e.mu must be held.
+func (e *entry) notify() {
+	close(e.changed)
+	e.changed = make(chan struct{})
 }
 
 // New returns a Manager. driver may be nil when no isolating runtime is
@@ -104,6 +136,29 @@ func New(driver Driver, images Images, store Persister, hub *logs.Hub, log *slog
 }
 
 var errNoRuntime = pier.Errorf(pier.Unavailable, "machines need an isolating runtime: run `pier server` as root with runc installed (apt-get install runc)")
+
+// isolating reports whether the machines API may run machines.
+func (mg *Manager) isolating() bool { return mg.driver != nil && mg.driver.Isolates() }
+
+// event records an app event, when the manager has somewhere to put them.
+func (mg *Manager) event(app, typ, msg string) {
+	if mg.Events != nil {
+		mg.Events(app, typ, msg)
+	}
+}
+
+// appEvent records an app event about an app machine.
+func (mg *Manager) appEvent(e *entry, typ, msg string) {
+	e.mu.Lock()
+	app, isApp := e.m.App, e.m.Role != nil
+	e.mu.Unlock()
+	if isApp {
+		mg.event(app, typ, msg)
+	}
+}
+
+// NewID returns a fresh machine id: 14 lowercase hex digits.
+func NewID() string { return newID() }
 
 func newID() string {
 	b := make([]byte, 7)
@@ -129,7 +184,7 @@ type CreateRequest struct {
 // Create validates and stores a machine and, unless asked not to, starts it.
 // Bad input is rejected before anything is created.
 func (mg *Manager) Create(ctx context.Context, app string, req CreateRequest) (Machine, error) {
-	if mg.driver == nil {
+	if !mg.isolating() {
 		return Machine{}, errNoRuntime
 	}
 	if err := req.Config.normalize(); err != nil {
@@ -173,7 +228,7 @@ func (mg *Manager) Create(ctx context.Context, app string, req CreateRequest) (M
 // persist writes the machine document.
 func (mg *Manager) persist(ctx context.Context, e *entry) error {
 	e.mu.Lock()
-	doc, err := json.Marshal(document{App: e.m.App, Lease: e.m.Lease, Machine: e.m})
+	doc, err := json.Marshal(document{App: e.m.App, Lease: e.m.Lease, Role: e.m.Role, Machine: e.m})
 	id, app := e.m.ID, e.m.App
 	e.mu.Unlock()
 	if err != nil {
@@ -187,6 +242,7 @@ func (mg *Manager) persist(ctx context.Context, e *entry) error {
 type document struct {
 	App     string  `json:"app"`
 	Lease   *Lease  `json:"lease,omitempty"`
+	Role    *Role   `json:"role,omitempty"`
 	Machine Machine `json:"machine"`
 }
 
@@ -195,6 +251,10 @@ func (e *entry) snapshot() Machine {
 	defer e.mu.Unlock()
 	m := e.m
 	m.Nonce = ""
+	if e.m.Role != nil {
+		r := *e.m.Role
+		m.Role = &r
+	}
 	// Newest first, as Fly lists them; events are appended in order.
 	m.Events = make([]Event, len(e.m.Events))
 	for i, ev := range e.m.Events {
@@ -221,8 +281,7 @@ func (e *entry) event(typ, status, source string, exit *ExitEvent) {
 func (e *entry) setState(st string) {
 	e.m.State = st
 	e.m.UpdatedAt = time.Now().UTC()
-	close(e.changed)
-	e.changed = make(chan struct{})
+	e.notify()
 }
 
 func (mg *Manager) get(app, id string) (*entry, error) {
@@ -316,78 +375,107 @@ func (mg *Manager) spec(m Machine, img Image) (runtime.Spec, error) {
 func (mg *Manager) start(e *entry, img Image) {
 	e.mu.Lock()
 	e.stopReq = false
+	e.exits = 0
 	e.setState(StateStarting)
 	e.event("start", StateStarting, "user", nil)
 	running := make(chan struct{})
 	e.running = running
 	e.mu.Unlock()
-	go mg.run(e, img, running)
+	go mg.run(e, img, running, nil)
 }
 
-// run starts the process, waits for it, and applies the restart policy.
-func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
+// specFor builds the runtime spec of the machine's next start.
+func (mg *Manager) specFor(ctx context.Context, m Machine, img Image) (runtime.Spec, error) {
+	if m.Role == nil {
+		return mg.spec(m, img)
+	}
+	if mg.Releases == nil {
+		return runtime.Spec{}, fmt.Errorf("this server cannot run app releases")
+	}
+	spec, err := mg.Releases.ReleaseSpec(ctx, m.App, m.Role.Release)
+	if err != nil {
+		return spec, err
+	}
+	spec.ID, spec.App = m.ID, m.App
+	spec.Env = append(spec.Env, "FLY_MACHINE_ID="+m.ID, "FLY_APP_NAME="+m.App, "FLY_REGION=local", "FLY_PROCESS_GROUP=app",
+		fmt.Sprintf("FLY_RELEASE_VERSION=%d", m.Role.Release))
+	return spec, nil
+}
+
+// adopted is a machine's process recovered from a previous server, with
+// the writers its output goes to.
+type adopted struct {
+	proc      runtime.Process
+	out, errw *logs.LineWriter
+}
+
+// run starts the process (or takes over the adopted one), waits for it,
+// and applies the restart policy.
+func (mg *Manager) run(e *entry, img Image, running chan struct{}, adopt *adopted) {
 	defer close(running)
+	backoff := 100 * time.Millisecond
 	for {
 		e.mu.Lock()
 		m := e.m
-		e.mu.Unlock()
-		spec, err := mg.spec(m, img)
-		var proc runtime.Process
-		if err == nil {
-			spec.Stdout = mg.logs.Writer(m.App, m.ID, "stdout")
-			spec.Stderr = mg.logs.Writer(m.App, m.ID, "stderr")
-			proc, err = mg.driver.Start(context.Background(), spec)
-		}
-		if err != nil {
-			mg.log.Error("machine did not start", "app", m.App, "machine", m.ID, "err", err)
-			e.mu.Lock()
-			e.setState(StateFailed)
-			e.event("exit", StateFailed, "pier", &ExitEvent{ExitCode: -1, ExitedAt: time.Now().UTC().Format(time.RFC3339)})
+		if e.stopReq && adopt == nil { // stopped while waiting to restart
+			e.event("exit", StateStopped, "user", nil)
+			e.setState(StateStopped)
 			e.mu.Unlock()
 			mg.persist(context.Background(), e)
 			return
 		}
-		e.mu.Lock()
-		e.proc = proc
-		if host, _, err := splitHost(proc.Addr()); err == nil {
-			e.m.PrivateIP = host
-		}
-		stopping := e.stopReq
-		e.setState(StateStarted)
 		e.mu.Unlock()
-		// A stop (or the server's shutdown) that arrived while the driver
-		// was starting it found no process to signal.
-		if stopping || mg.closing.Load() {
-			proc.Signal(syscall.SIGKILL)
+		var out, errw *logs.LineWriter
+		var proc runtime.Process
+		var err error
+		if adopt != nil {
+			proc, out, errw = adopt.proc, adopt.out, adopt.errw
+			adopt = nil
+		} else {
+			out, errw = mg.logs.Writer(m.App, m.ID, "stdout"), mg.logs.Writer(m.App, m.ID, "stderr")
+			var spec runtime.Spec
+			spec, err = mg.specFor(context.Background(), m, img)
+			if err == nil {
+				spec.Stdout, spec.Stderr = out, errw
+				proc, err = mg.driver.Start(context.Background(), spec)
+			}
 		}
-		mg.persist(context.Background(), e)
-		exited := make(chan struct{})
-		e.mu.Lock()
-		addr, routed := serviceAddr(e.m)
-		ip, checks := e.m.PrivateIP, e.m.Config.Checks
-		e.mu.Unlock()
-		routed = routed && mg.Router != nil
-		if routed {
-			go mg.routeWhenUp(m.App, m.ID, addr, exited)
+		var exit runtime.Exit
+		var up time.Duration
+		if err != nil && mg.closing.Load() {
+			return // the server is going: the document keeps its state
 		}
-		if ip != "" && len(checks) > 0 {
-			go mg.watchChecks(e, ip, checks, exited)
-		}
-		exit := proc.Wait()
-		close(exited)
-		if routed {
-			mg.Router.Remove(m.App, m.ID)
-		}
-		if mg.closing.Load() {
-			e.mu.Lock()
-			e.proc = nil
-			e.mu.Unlock()
-			return // the document keeps its state; Restore starts it again
+		if err != nil {
+			mg.log.Error("machine did not start", "app", m.App, "machine", m.ID, "err", err)
+			fmt.Fprintf(errw, "pier: machine did not start: %v\n", err)
+			errw.Flush()
+			if m.Config.Restart.Policy != "always" {
+				e.mu.Lock()
+				e.setState(StateFailed)
+				e.event("exit", StateFailed, "pier", &ExitEvent{ExitCode: -1, ExitedAt: time.Now().UTC().Format(time.RFC3339)})
+				e.exits++
+				e.mu.Unlock()
+				mg.persist(context.Background(), e)
+				return
+			}
+			exit = runtime.Exit{Code: -1}
+		} else {
+			began := time.Now()
+			exit = mg.watch(e, proc)
+			up = time.Since(began)
+			if exit.Detached {
+				return // it runs on; the next server adopts it (Restore)
+			}
+			out.Flush()
+			errw.Flush()
+			if mg.closing.Load() {
+				return // the document keeps its state; Restore starts it again
+			}
 		}
 
 		e.mu.Lock()
-		e.proc = nil
 		requested := e.stopReq
+		e.exits++
 		ev := &ExitEvent{ExitCode: exit.Code, Signal: exit.Signal, OOMKilled: exit.OOMKilled, RequestedStop: requested, ExitedAt: time.Now().UTC().Format(time.RFC3339Nano)}
 		restart := !requested && mg.shouldRestart(e, exit)
 		if restart {
@@ -399,8 +487,16 @@ func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
 			e.setState(StateStopped)
 		}
 		autoDestroy := e.m.Config.AutoDestroy && !restart
+		changed := e.changed
 		e.mu.Unlock()
 		mg.log.Info("machine exited", "app", m.App, "machine", m.ID, "exit", exit.String(), "restart", restart)
+		if !requested {
+			what := "stopped"
+			if restart {
+				what = "restarting"
+			}
+			mg.appEvent(e, "machine.exit", fmt.Sprintf("machine %s (v%d) exited with %s; %s", m.ID, m.releaseVersion(), exit, what))
+		}
 		mg.persist(context.Background(), e)
 		if autoDestroy {
 			go mg.Destroy(context.Background(), m.App, m.ID, true, "")
@@ -409,8 +505,69 @@ func (mg *Manager) run(e *entry, img Image, running chan struct{}) {
 		if !restart {
 			return
 		}
-		time.Sleep(min(time.Duration(e.retries)*200*time.Millisecond, 5*time.Second))
+		// Back off between restarts, less after a good run; a stop cuts
+		// the wait short.
+		if up > 30*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-time.After(backoff):
+		case <-changed:
+		}
+		backoff = min(backoff*2, 10*time.Second)
 	}
+}
+
+// watch runs one process of the machine to its end: it records it as
+// started, routes it while it is healthy, and returns how it exited.
+func (mg *Manager) watch(e *entry, proc runtime.Process) runtime.Exit {
+	e.mu.Lock()
+	e.proc = proc
+	if host, _, err := splitHost(proc.Addr()); err == nil {
+		e.m.PrivateIP = host
+	}
+	stopping := e.stopReq
+	e.setState(StateStarted)
+	m := e.m
+	e.mu.Unlock()
+	// A stop (or the server's shutdown) that arrived while the driver
+	// was starting it found no process to signal.
+	if stopping || mg.closing.Load() {
+		proc.Signal(syscall.SIGKILL)
+	}
+	mg.persist(context.Background(), e)
+	joined := false
+	if m.Role != nil && mg.Mesh != nil && mg.driver.Isolates() {
+		if ap, err := netip.ParseAddrPort(proc.Addr()); err == nil {
+			mg.Mesh.Join(m.App, m.ID, ap.Addr())
+			joined = true
+		}
+	}
+	exited := make(chan struct{})
+	checked := make(chan struct{})
+	go func() { defer close(checked); mg.watchHealth(e, m, proc.Addr(), exited) }()
+	exit := proc.Wait()
+	close(exited)
+	<-checked
+	e.mu.Lock()
+	e.healthy = false
+	e.mu.Unlock()
+	mg.route(e) // out of traffic
+	e.mu.Lock()
+	e.proc = nil
+	e.mu.Unlock()
+	if joined {
+		mg.Mesh.Leave(m.ID)
+	}
+	return exit
+}
+
+// releaseVersion is the release an app machine runs (0 for others).
+func (m Machine) releaseVersion() int {
+	if m.Role == nil {
+		return 0
+	}
+	return m.Role.Release
 }
 
 func (mg *Manager) shouldRestart(e *entry, exit runtime.Exit) bool {
@@ -437,13 +594,13 @@ func (mg *Manager) Start(ctx context.Context, app, id, nonce string) (Machine, e
 	if err := e.checkLease(nonce); err != nil {
 		return Machine{}, err
 	}
-	if mg.driver == nil {
-		return Machine{}, errNoRuntime
-	}
 	e.mu.Lock()
 	st, running := e.m.State, e.running
-	image := e.m.Config.Image
+	image, isApp := e.m.Config.Image, e.m.Role != nil
 	e.mu.Unlock()
+	if mg.driver == nil || (!isApp && !mg.isolating()) {
+		return Machine{}, errNoRuntime
+	}
 	switch st {
 	case StateCreated, StateStopped, StateFailed:
 	default:
@@ -452,9 +609,11 @@ func (mg *Manager) Start(ctx context.Context, app, id, nonce string) (Machine, e
 	if running != nil {
 		<-running // the previous process's goroutine has finished its bookkeeping
 	}
-	img, err := mg.images.Resolve(ctx, image)
-	if err != nil {
-		return Machine{}, err
+	var img Image
+	if !isApp {
+		if img, err = mg.images.Resolve(ctx, image); err != nil {
+			return Machine{}, err
+		}
 	}
 	e.mu.Lock()
 	e.retries = 0
@@ -508,6 +667,10 @@ func (mg *Manager) Stop(ctx context.Context, app, id, nonce string, req StopRequ
 	e.stopReq = true
 	e.setState(StateStopping)
 	e.event("stop", StateStopping, "user", nil)
+	e.mu.Unlock()
+	mg.drain(e)
+	e.mu.Lock()
+	proc = e.proc // it may have started while draining
 	e.mu.Unlock()
 	if proc != nil {
 		proc.Signal(sig)
@@ -642,6 +805,9 @@ func (mg *Manager) Update(ctx context.Context, app, id, nonce string, cfg Config
 	if err := e.checkLease(nonce); err != nil {
 		return Machine{}, err
 	}
+	if e.snapshot().Role != nil {
+		return Machine{}, pier.Errorf(pier.Precondition, "machine %s runs a release of app %s, and deploys own its config: change pier.toml and deploy (pier deploy), or stop, start or exec it", id, app)
+	}
 	if err := cfg.normalize(); err != nil {
 		return Machine{}, err
 	}
@@ -679,6 +845,10 @@ func (mg *Manager) stopAndWait(ctx context.Context, e *entry, grace time.Duratio
 	if e.m.State == StateStarted || e.m.State == StateStarting {
 		e.setState(StateStopping)
 	}
+	e.mu.Unlock()
+	mg.drain(e)
+	e.mu.Lock()
+	proc = e.proc
 	e.mu.Unlock()
 	if grace == 0 { // forced: no polite signal first
 		if proc != nil {
@@ -729,7 +899,33 @@ func (mg *Manager) Destroy(ctx context.Context, app, id string, force bool, nonc
 	}
 	e.setState(StateDestroying)
 	e.mu.Unlock()
-	if err := mg.stopAndWait(ctx, e, 0); err != nil {
+	return mg.destroy(ctx, e, 0)
+}
+
+// Retire takes a machine out of traffic, lets its requests in flight
+// finish (up to its app's drain timeout), stops it (SIGTERM, then SIGKILL
+// after StopTimeout) and destroys it: how deploys and scaling remove an
+// app's machines.
+func (mg *Manager) Retire(ctx context.Context, app, id string) error {
+	e, err := mg.get(app, id)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	if e.m.State == StateDestroying {
+		e.mu.Unlock()
+		return nil
+	}
+	e.setState(StateDestroying)
+	e.mu.Unlock()
+	return mg.destroy(ctx, e, mg.StopTimeout)
+}
+
+// destroy stops the machine (grace 0: at once with SIGKILL) and removes
+// it; its state is destroying.
+func (mg *Manager) destroy(ctx context.Context, e *entry, grace time.Duration) error {
+	id := e.snapshot().ID
+	if err := mg.stopAndWait(ctx, e, grace); err != nil {
 		return err
 	}
 	mg.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,11 +63,14 @@ func (p *fakeProc) Exec(ctx context.Context, cmd []string, stdin []byte) (runtim
 }
 
 type fakeDriver struct {
-	mu     sync.Mutex
-	starts []runtime.Spec
-	procs  []*fakeProc
-	fail   bool
+	mu       sync.Mutex
+	starts   []runtime.Spec
+	procs    []*fakeProc
+	fail     bool
+	hostOnly bool // runs machines as host processes: not isolated
 }
+
+func (d *fakeDriver) Isolates() bool { return !d.hostOnly }
 
 func (d *fakeDriver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
 	d.mu.Lock()
@@ -440,9 +444,11 @@ func (c *recordCleaner) Cleanup(ctx context.Context, ids []string) (int, error) 
 }
 
 func TestNoRuntime(t *testing.T) {
-	mg := New(nil, fakeImages{}, &memStore{docs: map[string][]byte{}}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if _, err := mg.Create(context.Background(), "sbx", CreateRequest{Config: Config{Image: "img"}}); pier.KindOf(err) != pier.Unavailable {
-		t.Fatalf("create without a runtime: %v", err)
+	for name, drv := range map[string]Driver{"no driver": nil, "host processes": &fakeDriver{hostOnly: true}} {
+		mg := New(drv, fakeImages{}, &memStore{docs: map[string][]byte{}}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if _, err := mg.Create(context.Background(), "sbx", CreateRequest{Config: Config{Image: "img"}}); pier.KindOf(err) != pier.Unavailable {
+			t.Fatalf("%s: create = %v, want Unavailable", name, err)
+		}
 	}
 }
 
@@ -539,5 +545,88 @@ func TestServiceAutostopAndWake(t *testing.T) {
 		if _, err2 := h.mg.Wait(context.Background(), "sbx", busy.ID, StateStarted, "1"); err2 != nil {
 			t.Fatalf("wake started no machine: %v", err)
 		}
+	}
+}
+
+// recoveringDriver can adopt what a previous server left running: the
+// processes it knows by machine id.
+type recoveringDriver struct {
+	fakeDriver
+	alive    map[string]*fakeProc
+	detached bool
+}
+
+func (d *recoveringDriver) Recover(ctx context.Context, id string, stdout, stderr io.Writer) (runtime.Process, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := d.alive[id]
+	if !ok {
+		return nil, fmt.Errorf("no monitor for %s", id)
+	}
+	fmt.Fprintln(stdout, "output kept while no server was attached")
+	return p, nil
+}
+
+func (d *recoveringDriver) Detach() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.detached = true
+	for _, p := range d.procs {
+		p.finish(runtime.Exit{Code: -1, Detached: true})
+	}
+}
+
+// A server that exits detaches from its machines; the next one adopts the
+// running ones (no new start, same process) and starts the ones it cannot.
+func TestDetachAndAdopt(t *testing.T) {
+	h := newHarness(t)
+	drv := &recoveringDriver{alive: map[string]*fakeProc{}}
+	h.mg.driver = drv
+	kept := h.create(t, Config{Image: "img"})
+	lost := h.create(t, Config{Image: "img"})
+	h.wait(t, kept.ID, StateStarted)
+	h.wait(t, lost.ID, StateStarted)
+	if !h.mg.Detach() || !drv.detached {
+		t.Fatal("Detach did not detach the driver")
+	}
+	for _, id := range []string{kept.ID, lost.ID} {
+		if got, _ := h.mg.Get("sbx", id); got.State != StateStarted {
+			t.Errorf("machine %s is %s after Detach; its document must still say started", id, got.State)
+		}
+	}
+	// The monitor of one machine survived; the other's did not.
+	still := &fakeProc{cmd: []string{"run"}, done: make(chan struct{})}
+	drv2 := &recoveringDriver{alive: map[string]*fakeProc{kept.ID: still}}
+	mg2 := New(drv2, fakeImages{}, h.store, h.hub, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cleaner := &recordCleaner{}
+	if err := mg2.Restore(context.Background(), cleaner); err != nil {
+		t.Fatal(err)
+	}
+	defer mg2.Shutdown(time.Second)
+	if _, err := mg2.Wait(context.Background(), "sbx", lost.ID, StateStarted, "5"); err != nil {
+		t.Fatal(err)
+	}
+	if n := drv2.startCount(); n != 1 || drv2.starts[0].ID != lost.ID {
+		t.Errorf("restore started %d machines (%v), want only %s, the one it could not adopt", n, drv2.starts, lost.ID)
+	}
+	got, _ := mg2.Get("sbx", kept.ID)
+	if got.State != StateStarted {
+		t.Errorf("adopted machine is %s", got.State)
+	}
+	lines, _ := h.hub.Tail("sbx", 10)
+	if !slices.ContainsFunc(lines, func(l pier.LogLine) bool {
+		return l.Machine == kept.ID && l.Line == "output kept while no server was attached"
+	}) {
+		t.Errorf("the adopted machine's output is not in the logs: %+v", lines)
+	}
+	// The adopted process is the machine's: stopping it stops that one.
+	if err := mg2.Stop(context.Background(), "sbx", kept.ID, "", StopRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mg2.Wait(context.Background(), "sbx", kept.ID, StateStopped, "5"); err != nil {
+		t.Fatal(err)
+	}
+	if s := still.signals; len(s) == 0 || s[0] != syscall.SIGTERM {
+		t.Errorf("signals to the adopted process = %v", s)
 	}
 }

@@ -3,53 +3,73 @@ package machines
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/pier-dev/pier/internal/pier"
 )
 
 // Router is the part of the edge proxy that machines with services join:
-// their app's traffic (<app>.<domain>) goes to them once they listen.
+// their app's traffic (<app>.<domain>) goes to them once they pass their
+// checks.
 type Router interface {
 	Add(app, id, addr string)
 	Remove(app, id string)
+	// Drain takes the machine out of traffic and returns once its
+	// requests in flight are done, or ctx is.
+	Drain(ctx context.Context, app, id string) error
 }
 
-// routeWhenUp adds the machine to the proxy once its service port accepts
-// connections, unless the machine exits first.
-func (mg *Manager) routeWhenUp(app, id, addr string, exited <-chan struct{}) {
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			return
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			mg.Router.Add(app, id, addr)
-			select {
-			case <-exited: // it exited while being added: undo
-				mg.Router.Remove(app, id)
-			default:
-			}
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+// route brings the machine's place in traffic in line with its state: in
+// when it runs, serves, is healthy, is not a deploy's standby and is not
+// being stopped.
+func (mg *Manager) route(e *entry) {
+	e.routeMu.Lock()
+	defer e.routeMu.Unlock()
+	e.mu.Lock()
+	want := e.proc != nil && e.healthy && len(e.m.Config.Services) > 0 && !e.stopReq && !mg.closing.Load() &&
+		(e.m.Role == nil || !e.m.Role.Standby)
+	addr := ""
+	if e.proc != nil {
+		addr = e.proc.Addr()
 	}
-	mg.log.Warn("machine's service never accepted connections; not routed", "app", app, "machine", id, "addr", addr)
+	change := want != e.routed
+	e.routed = want
+	app, id := e.m.App, e.m.ID
+	e.mu.Unlock()
+	if !change || mg.Router == nil {
+		return
+	}
+	if want {
+		mg.Router.Add(app, id, addr)
+	} else {
+		mg.Router.Remove(app, id)
+	}
 }
 
-// serviceAddr is where a started machine's first service listens.
-func serviceAddr(m Machine) (string, bool) {
-	if len(m.Config.Services) == 0 || m.PrivateIP == "" {
-		return "", false
+// drain takes the machine out of traffic before it is stopped: new
+// requests go elsewhere, and those in flight get up to the app's drain
+// timeout to finish. e.stopReq must already be set.
+func (mg *Manager) drain(e *entry) {
+	e.routeMu.Lock()
+	defer e.routeMu.Unlock()
+	e.mu.Lock()
+	routed := e.routed
+	e.routed = false
+	app, id := e.m.App, e.m.ID
+	var timeout time.Duration
+	if e.m.Role != nil {
+		timeout = e.m.Role.Drain
 	}
-	return net.JoinHostPort(m.PrivateIP, strconv.Itoa(m.Config.Services[0].InternalPort)), true
+	e.mu.Unlock()
+	if !routed || mg.Router == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := mg.Router.Drain(ctx, app, id); err != nil {
+		mg.log.Warn("requests still in flight after the drain timeout; stopping anyway", "app", app, "machine", id)
+	}
 }
 
 // autostops reports whether the machine's service stops it when idle.
@@ -99,6 +119,9 @@ func (mg *Manager) Wake(app string) {
 		return
 	}
 	mg.log.Info("machine woken by a request", "app", app, "machine", candidate.ID)
+	if candidate.Role != nil {
+		mg.event(app, "autostart", fmt.Sprintf("a request started machine %s", candidate.ID))
+	}
 }
 
 // leaseOf returns the nonce of a machine's active lease, so pier's own
@@ -119,8 +142,9 @@ func (mg *Manager) leaseOf(id string) string {
 }
 
 // RunAutostop stops machines whose service autostops once their app has
-// had no traffic for IdleTimeout, keeping min_machines_running, until ctx
-// is done. idle reports an app's time without traffic (the edge proxy).
+// had no traffic for its idle timeout (an app release's, else
+// IdleTimeout), keeping min_machines_running, until ctx is done. idle
+// reports an app's time without traffic (the edge proxy).
 func (mg *Manager) RunAutostop(ctx context.Context, every time.Duration, idle func(app string) time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -130,98 +154,48 @@ func (mg *Manager) RunAutostop(ctx context.Context, every time.Duration, idle fu
 			return
 		case <-t.C:
 		}
-		byApp := map[string][]Machine{}
+		// An app's release machines and its machines-API machines are
+		// counted apart: each group keeps its own minimum.
+		type group struct {
+			app     string
+			release bool
+		}
+		groups := map[group][]Machine{}
 		mg.mu.Lock()
 		for _, e := range mg.ms {
 			e.mu.Lock()
 			if e.m.State == StateStarted && e.m.autostops() {
-				byApp[e.m.App] = append(byApp[e.m.App], e.m)
+				g := group{e.m.App, e.m.Role != nil}
+				groups[g] = append(groups[g], e.m)
 			}
 			e.mu.Unlock()
 		}
 		mg.mu.Unlock()
-		for app, ms := range byApp {
-			if idle(app) < mg.IdleTimeout {
+		for g, ms := range groups {
+			sort.Slice(ms, func(i, j int) bool { return ms[i].CreatedAt.Before(ms[j].CreatedAt) })
+			timeout := mg.IdleTimeout
+			if r := ms[0].Role; r != nil && r.Idle > 0 {
+				timeout = r.Idle
+			}
+			idleFor := idle(g.app)
+			if idleFor < timeout {
 				continue
 			}
 			keep := ms[0].Config.Services[0].MinMachinesRunning
+			stopped := 0
 			for _, m := range ms[min(keep, len(ms)):] {
-				mg.log.Info("idle machine stopped", "app", app, "machine", m.ID)
-				if err := mg.Stop(ctx, app, m.ID, mg.leaseOf(m.ID), StopRequest{}); err != nil {
-					mg.log.Warn("autostop", "app", app, "machine", m.ID, "err", err)
+				mg.log.Info("idle machine stopped", "app", g.app, "machine", m.ID)
+				if err := mg.Stop(ctx, g.app, m.ID, mg.leaseOf(m.ID), StopRequest{}); err != nil {
+					mg.log.Warn("autostop", "app", g.app, "machine", m.ID, "err", err)
+					continue
 				}
+				stopped++
+			}
+			if g.release && stopped > 0 {
+				mg.event(g.app, "autostop", fmt.Sprintf("idle for %s: stopped %d machine(s), %d left", idleFor.Round(time.Second), stopped, min(keep, len(ms))))
 			}
 		}
 	}
-}
-
-// watchChecks runs the machine's checks against its address until exited
-// is closed, recording each result in the machine's Checks.
-func (mg *Manager) watchChecks(e *entry, ip string, checks map[string]Check, exited <-chan struct{}) {
-	if len(checks) == 0 {
-		return
-	}
-	names := make([]string, 0, len(checks))
-	interval := 15 * time.Second
-	for name, c := range checks {
-		names = append(names, name)
-		if d, err := time.ParseDuration(c.Interval); err == nil && d < interval {
-			interval = d
-		}
-	}
-	sort.Strings(names)
-	for {
-		statuses := make([]CheckStatus, 0, len(names))
-		for _, name := range names {
-			st := CheckStatus{Name: name, Status: "passing"}
-			if err := runCheck(ip, checks[name]); err != nil {
-				st.Status, st.Output = "critical", err.Error()
-			}
-			statuses = append(statuses, st)
-		}
-		e.mu.Lock()
-		e.m.Checks = statuses
-		e.mu.Unlock()
-		select {
-		case <-exited:
-			e.mu.Lock()
-			e.m.Checks = nil
-			e.mu.Unlock()
-			return
-		case <-time.After(interval):
-		}
-	}
-}
-
-// runCheck probes one check: a TCP connect, or an HTTP GET that must
-// answer below 400.
-func runCheck(ip string, c Check) error {
-	timeout := 2 * time.Second
-	if d, err := time.ParseDuration(c.Timeout); err == nil {
-		timeout = d
-	}
-	addr := net.JoinHostPort(ip, strconv.Itoa(c.Port))
-	if c.Type == "tcp" {
-		conn, err := net.DialTimeout("tcp", addr, timeout)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	}
-	client := &http.Client{Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	u, err := pier.CheckURL(addr, c.Path)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Get(u.String())
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		return fmt.Errorf("GET %s: status %d", c.Path, resp.StatusCode)
-	}
-	return nil
 }
 
 // DestroyAll destroys every machine of app, leased or not: the app itself

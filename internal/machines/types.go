@@ -42,6 +42,7 @@ type Machine struct {
 	Events     []Event       `json:"events"`
 	Nonce      string        `json:"nonce,omitempty"` // only on create with lease_ttl
 	Lease      *Lease        `json:"-"`
+	Role       *Role         `json:"-"` // set on the machines of an app's releases
 	Checks     []CheckStatus `json:"checks,omitempty"`
 }
 
@@ -116,6 +117,10 @@ type Service struct {
 	Autostop           any    `json:"autostop,omitempty"` // "off", "stop", true or false, as Fly accepts
 	Autostart          *bool  `json:"autostart,omitempty"`
 	MinMachinesRunning int    `json:"min_machines_running,omitempty"`
+	// Checks gate the machine's place in the service's traffic (a port of
+	// 0 is the internal port); without any, the internal port must accept
+	// connections.
+	Checks []Check `json:"checks,omitempty"`
 }
 
 // Check is a health check of a machine.
@@ -208,29 +213,15 @@ func (c *Config) normalize() error {
 		if s.MinMachinesRunning < 0 {
 			return bad(fmt.Sprintf("services[%d].min_machines_running", i), "must not be negative")
 		}
+		for j, ch := range s.Checks {
+			if err := ch.validate(true); err != nil {
+				return bad(fmt.Sprintf("services[%d].checks[%d].%s", i, j, err.field), "%s", err.msg)
+			}
+		}
 	}
 	for name, ch := range c.Checks {
-		if ch.Type != "tcp" && ch.Type != "http" {
-			return bad("checks."+name+".type", "%q is not tcp or http", ch.Type)
-		}
-		if ch.Port < 1 || ch.Port > 65535 {
-			return bad("checks."+name+".port", "%d is not a port", ch.Port)
-		}
-		if ch.Type == "http" || ch.Path != "" {
-			if ch.Path == "" {
-				return bad("checks."+name+".path", "an http check needs a path, like \"/healthz\"")
-			}
-			if err := pier.CheckPath(ch.Path); err != nil {
-				return bad("checks."+name+".path", "%v", err)
-			}
-		}
-		for field, v := range map[string]string{"interval": ch.Interval, "timeout": ch.Timeout} {
-			if v == "" {
-				continue
-			}
-			if d, err := time.ParseDuration(v); err != nil || d <= 0 {
-				return bad("checks."+name+"."+field, "%q is not a duration like 10s", v)
-			}
+		if err := ch.validate(false); err != nil {
+			return bad("checks."+name+"."+err.field, "%s", err.msg)
 		}
 	}
 	for i, f := range c.Files {
@@ -239,6 +230,37 @@ func (c *Config) normalize() error {
 		}
 		if _, err := base64.StdEncoding.DecodeString(f.RawValue); err != nil {
 			return bad(fmt.Sprintf("files[%d].raw_value", i), "not base64: %v", err)
+		}
+	}
+	return nil
+}
+
+// checkError names the field of a check that is wrong.
+type checkError struct{ field, msg string }
+
+// validate checks a check; a service's check may leave its port 0 (the
+// service's internal port).
+func (c Check) validate(service bool) *checkError {
+	if c.Type != "tcp" && c.Type != "http" {
+		return &checkError{"type", fmt.Sprintf("%q is not tcp or http", c.Type)}
+	}
+	if c.Port < 0 || c.Port > 65535 || (c.Port == 0 && !service) {
+		return &checkError{"port", fmt.Sprintf("%d is not a port", c.Port)}
+	}
+	if c.Type == "http" || c.Path != "" {
+		if c.Path == "" {
+			return &checkError{"path", "an http check needs a path, like \"/healthz\""}
+		}
+		if err := pier.CheckPath(c.Path); err != nil {
+			return &checkError{"path", err.Error()}
+		}
+	}
+	for field, v := range map[string]string{"interval": c.Interval, "timeout": c.Timeout} {
+		if v == "" {
+			continue
+		}
+		if d, err := time.ParseDuration(v); err != nil || d <= 0 {
+			return &checkError{field, fmt.Sprintf("%q is not a duration like 10s", v)}
 		}
 	}
 	return nil

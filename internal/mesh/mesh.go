@@ -139,7 +139,7 @@ type Config struct {
 
 // Mesh is the data plane. Machines join it as they start (Join/Leave),
 // enter and leave traffic through Add/Remove/Drain (it is a
-// supervisor.Router), and apps get service addresses with SetService.
+// machines.Router), and apps get service addresses with SetService.
 type Mesh struct {
 	cfg Config
 	log *slog.Logger
@@ -324,15 +324,12 @@ func (m *Mesh) route(app, path string) pier.Route {
 	return best
 }
 
-// Hosts are the /etc/hosts lines that name every app's service address.
-func (m *Mesh) Hosts() []string {
+// ServiceAddr is app's service address, which <app>.internal names.
+func (m *Mesh) ServiceAddr(app string) (netip.Addr, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]string, 0, len(m.vips))
-	for app, vip := range m.vips {
-		out = append(out, vip.String()+" "+app+Domain)
-	}
-	return out
+	vip, ok := m.vips[app]
+	return vip, ok
 }
 
 func (m *Mesh) serviceOf(vip netip.Addr) (string, bool) {

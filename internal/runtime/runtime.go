@@ -1,6 +1,7 @@
 // Package runtime defines what a machine runtime is given and gives back.
 // Drivers (internal/runtime/process today, runc next) implement
-// Start(ctx, Spec) (Process, error); the supervisor declares that interface.
+// Start(ctx, Spec) (Process, error); the machine manager (internal/machines)
+// declares that interface.
 package runtime
 
 import (
@@ -58,9 +59,6 @@ type Spec struct {
 	// the machine may reach: the servers of the resources its app is
 	// connected to. Every other host service stays unreachable.
 	HostPorts []int
-	// Hosts are extra /etc/hosts lines ("address name"): the service
-	// addresses of apps, <app>.internal, for the mesh.
-	Hosts []string
 }
 
 // Mount binds a host path into a machine.
@@ -116,6 +114,9 @@ type Exit struct {
 	Code      int    // exit status, or -1 when killed by a signal
 	Signal    string // the signal that killed it, if any
 	OOMKilled bool   // the kernel killed it for exceeding its memory limit
+	// Detached says the machine did not end: the server let go of it
+	// (Detach) and it runs on, for the next server to Recover.
+	Detached bool
 }
 
 func (e Exit) String() string {

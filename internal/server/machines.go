@@ -10,13 +10,13 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pier-dev/pier/internal/appspec"
 	"github.com/pier-dev/pier/internal/image"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/runtime"
 	"github.com/pier-dev/pier/internal/runtime/runc"
 	"github.com/pier-dev/pier/internal/store"
-	"github.com/pier-dev/pier/internal/supervisor"
 )
 
 // isolatedRuntime sets up the runc driver for machines. With mode "auto" a
@@ -27,7 +27,10 @@ func isolatedRuntime(c Config, log *slog.Logger) (*runc.Driver, error) {
 		return nil, nil
 	}
 	d, err := runc.New(runc.Config{StateDir: filepath.Join(c.DataDir, "machines"), Subnet: c.Subnet, Bridge: c.Bridge, Log: log.With("component", "runc"),
-		ServiceSubnet: c.ServiceSubnet, MeshPort: c.MeshPort, DiskMB: c.MachineDiskMB})
+		ServiceSubnet: c.ServiceSubnet, MeshPort: c.MeshPort, DiskMB: c.MachineDiskMB,
+		// Machines resolve <app>.internal with the server's name server on
+		// their gateway (started with the server, see machineDNS).
+		DNS: true})
 	if err != nil {
 		if c.Runtime == "runc" {
 			return nil, err
@@ -44,8 +47,8 @@ func isolatedRuntime(c Config, log *slog.Logger) (*runc.Driver, error) {
 type images struct {
 	store    *image.Store
 	releases *store.Store
-	hostfs   *supervisor.HostFS // nil without an isolating runtime
-	lowers   supervisor.Lowers  // nil without release images
+	hostfs   *appspec.HostFS // nil without an isolating runtime
+	lowers   appspec.Lowers  // nil without release images
 	artifact func(app, buildID string) string
 }
 
@@ -105,7 +108,7 @@ func (i images) release(ctx context.Context, ref, rest string) (machines.Image, 
 	}
 	if rel.Image.Digest != "" && i.lowers != nil {
 		// The release's own image.
-		spec, err := supervisor.ImageSpec(runtime.Spec{Dir: i.artifact(app, rel.BuildID), Env: env}, rel, i.lowers)
+		spec, err := appspec.ImageSpec(runtime.Spec{Dir: i.artifact(app, rel.BuildID), Env: env}, rel, i.lowers)
 		if err != nil {
 			return machines.Image{}, &pier.Error{Kind: pier.Invalid, Msg: "invalid config.image " + ref, Err: err}
 		}

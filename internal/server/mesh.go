@@ -13,10 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pier-dev/pier/internal/identity"
+	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/mesh"
 	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/secrets"
-	"github.com/pier-dev/pier/internal/supervisor"
 )
 
 // meshParts are the service mesh's pieces, made before the control plane.
@@ -83,13 +83,17 @@ func (p *meshParts) run(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-// routers sends the supervisor's routing changes to the edge proxy and to
-// the mesh.
-type routers []supervisor.Router
+// routers sends the machine manager's routing changes to the edge proxy
+// and to the mesh, outermost first: {edge, mesh}. The edge hands each
+// request to the mesh naming the machine it picked, so a machine enters
+// the inner routers before the outer ones, and leaves the outer ones (with
+// their requests in flight done) before the inner ones: no request is
+// sent to a machine the mesh does not know yet, or no longer.
+type routers []machines.Router
 
 func (rs routers) Add(app, id, addr string) {
-	for _, r := range rs {
-		r.Add(app, id, addr)
+	for i := len(rs) - 1; i >= 0; i-- {
+		rs[i].Add(app, id, addr)
 	}
 }
 
@@ -100,13 +104,9 @@ func (rs routers) Remove(app, id string) {
 }
 
 func (rs routers) Drain(ctx context.Context, app, id string) error {
-	errs := make(chan error, len(rs))
-	for _, r := range rs {
-		go func() { errs <- r.Drain(ctx, app, id) }()
-	}
 	var first error
-	for range rs {
-		if err := <-errs; err != nil && first == nil {
+	for _, r := range rs {
+		if err := r.Drain(ctx, app, id); err != nil && first == nil {
 			first = err
 		}
 	}

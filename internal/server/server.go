@@ -1,5 +1,5 @@
 // Package server assembles and runs `pier server`: state store, keyring,
-// builder, runtime driver, supervisor, edge proxy and API, with a graceful
+// builder, runtime driver, machine manager, edge proxy and API, with a graceful
 // shutdown that drains traffic and stops every machine.
 package server
 
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/api"
+	"github.com/pier-dev/pier/internal/appspec"
 	"github.com/pier-dev/pier/internal/auth"
 	"github.com/pier-dev/pier/internal/baseimage"
 	"github.com/pier-dev/pier/internal/build"
@@ -32,10 +33,10 @@ import (
 	"github.com/pier-dev/pier/internal/metrics"
 	"github.com/pier-dev/pier/internal/proxy"
 	"github.com/pier-dev/pier/internal/registry"
+	"github.com/pier-dev/pier/internal/rollout"
 	"github.com/pier-dev/pier/internal/runtime/process"
 	"github.com/pier-dev/pier/internal/secrets"
 	"github.com/pier-dev/pier/internal/store"
-	"github.com/pier-dev/pier/internal/supervisor"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -79,6 +80,11 @@ type Config struct {
 	// MachineIdleTimeout is how long an app without traffic keeps API
 	// machines whose service autostops (0: the default, 5m).
 	MachineIdleTimeout time.Duration
+	// StopMachinesOnExit stops every machine when the server exits.
+	// Without it, isolated machines run on under their monitors and the
+	// next server adopts them: restarting or upgrading pier restarts no
+	// app.
+	StopMachinesOnExit bool
 	// HTTPSAddr, if set, is where the edge also serves HTTPS: custom domains
 	// with ACME certificates, and <app>.<domain> on local domains with
 	// certificates from pier's CA (LocalCA).
@@ -98,6 +104,10 @@ type Config struct {
 	Log             *slog.Logger
 	// Ready, if set, is called once both listeners are up.
 	Ready func(apiURL string)
+	// Restart, when it delivers, hands the server over to a new one: the
+	// binary now at the path this one was started from, with the same
+	// arguments (SIGHUP; see handoff.go).
+	Restart <-chan struct{}
 }
 
 // DefaultDataDir is /var/lib/pier for root, else ~/.local/share/pier.
@@ -128,11 +138,30 @@ func Run(ctx context.Context, c Config) error {
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir %s: %w", c.DataDir, err)
 	}
-	unlock, err := lockDataDir(c.DataDir)
+	// A server taking over from another (a graceful restart) holds the
+	// listening sockets first, so the old one can stop accepting; then it
+	// waits for the data dir.
+	in := inheritedListeners()
+	defer in.close()
+	var lns *listeners
+	var unlock func()
+	if upgrading() {
+		if lns, err = openListeners(c, in); err != nil {
+			return err
+		}
+		handedOver()
+		unlock, err = lockDataDirWaiting(ctx, c.DataDir)
+	} else {
+		unlock, err = lockDataDir(c.DataDir)
+	}
 	if err != nil {
+		if lns != nil {
+			lns.close()
+		}
 		return err
 	}
 	defer unlock()
+	os.WriteFile(filepath.Join(c.DataDir, "server.pid"), fmt.Appendf(nil, "%d\n", os.Getpid()), 0o600)
 	if err := privateDataDir(c.DataDir); err != nil {
 		return err
 	}
@@ -186,12 +215,13 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	supCfg := supervisor.Config{
-		Router: edge, Recorder: st, Logs: hub, Log: log.With("component", "supervisor"),
-		Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self,
-	}
+	// App machines' runtime specs: host processes in their build's
+	// directory, or (isolated, below) the release's image or the host's
+	// system directories with the release at /app.
+	specs := &appspec.Builder{Artifact: func(app, id string) string { return builder.Path(app, id) }, Self: self}
+	var router machines.Router = edge
 	if mp.mesh != nil {
-		supCfg.Router, supCfg.Mesh = routers{edge, mp.mesh}, mp.mesh
+		router = routers{edge, mp.mesh}
 	}
 	// Release images, served read-only to registry clients under /v2/.
 	releaseImages, err := imagestore.Open(filepath.Join(c.DataDir, "images", "oci"))
@@ -199,15 +229,16 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	var cleaner control.Cleaner
+	var driver machines.Driver
 	if isolated != nil {
-		hostfs, err := supervisor.NewHostFS(filepath.Join(c.DataDir, "hostfs"), self)
+		hostfs, err := appspec.NewHostFS(filepath.Join(c.DataDir, "hostfs"), self)
 		if err != nil {
 			return fmt.Errorf("app machines' root filesystem: %w", err)
 		}
 		if hostfs.Under(c.DataDir) {
 			return fmt.Errorf("data dir %s lies in a host directory that machines see read-only: choose another --data-dir, e.g. /var/lib/pier", c.DataDir)
 		}
-		supCfg.Driver, supCfg.HostFS, cleaner = isolated, hostfs, isolated
+		driver, specs.HostFS, cleaner = isolated, hostfs, isolated
 		// Build steps are untrusted code: they run in build machines.
 		builder.Sandbox = &build.Sandbox{Machines: isolated, Root: hostfs.FS, CacheDir: filepath.Join(c.DataDir, "cache")}
 		// Builds become self-contained OCI images, which machines run on.
@@ -220,36 +251,35 @@ func Run(ctx context.Context, c Config) error {
 		builder.Images = &build.Imager{Bases: baseimage.New(c.BaseCache, log.With("component", "bases")), Store: releaseImages,
 			Self: self, Dir: filepath.Join(c.DataDir, "images", "layers"),
 			Unpack: &image.Store{Dir: filepath.Join(c.DataDir, "images", "releases"), Log: log.With("component", "images")}}
-		supCfg.Lowers = builder.Images
+		specs.Lowers = builder.Images
 	} else {
 		log.Warn("builds run on the host as this server's user, without isolation: run pier server as root with runc installed (--runtime runc) to build in isolated build machines")
 		pd := process.New()
-		supCfg.Driver, cleaner = pd, pd
+		driver, cleaner = pd, pd
 	}
-	// The plane, made below, knows which resource ports each app may reach.
-	var hostPorts func(app string) []int
-	supCfg.HostPorts = func(app string) []int { return hostPorts(app) }
-	sup := supervisor.New(supCfg)
 	imgs := images{store: &image.Store{Dir: filepath.Join(c.DataDir, "images"), Log: log.With("component", "images")},
-		releases: st, hostfs: supCfg.HostFS, lowers: supCfg.Lowers, artifact: supCfg.Artifact}
-	var machDriver machines.Driver // a nil interface (not a nil *runc.Driver) without runc
-	if isolated != nil {
-		machDriver = isolated
-	}
-	mach := machines.New(machDriver, imgs, st, hub, log.With("component", "machines"))
-	mach.Router = edge
+		releases: st, hostfs: specs.HostFS, lowers: specs.Lowers, artifact: specs.Artifact}
+	// One machine manager runs every machine: apps' (through rollout) and
+	// the machines API's, which refuses to run any without isolation.
+	mach := machines.New(driver, imgs, st, hub, log.With("component", "machines"))
+	mach.Router = router
 	if mp.mesh != nil {
 		// The edge proxy reaches machines only through the mesh, over
 		// mutual TLS with its own identity; the mesh records the requests.
 		edge.UseMesh(mp.mesh.EdgeTransport())
-		mach.Router = routers{edge, mp.mesh}
+		mach.Mesh = mp.mesh
+	}
+	mach.Events = func(app, typ, msg string) {
+		if err := st.AddEvent(context.Background(), app, typ, msg); err != nil {
+			log.Error("record event", "app", app, "err", err)
+		}
 	}
 	if c.MachineIdleTimeout > 0 {
 		mach.IdleTimeout = c.MachineIdleTimeout
 	}
 	// Managed resources listen on loopback, and on the machines' gateway
 	// when apps run isolated; connected machines are let through to their
-	// ports alone (supervisor.Config.HostPorts).
+	// ports alone (Plane.ReleaseSpec sets them).
 	rnet := control.ResourceNet{Listen: []string{"127.0.0.1"}, Host: "127.0.0.1"}
 	if isolated != nil {
 		gw := isolated.Gateway().String()
@@ -260,7 +290,8 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	defer closeTypes()
-	plane = &control.Plane{Store: st, Builder: builder, Keys: keys, Supervisor: sup, Proxy: edge, Logs: hub,
+	plane = &control.Plane{Store: st, Builder: builder, Keys: keys, Proxy: edge, Logs: hub,
+		Rollout: &rollout.Rollout{Fleet: mach, Logs: hub, Log: log.With("component", "rollout")}, Specs: specs,
 		Log: log, TempDir: filepath.Join(c.DataDir, "tmp"), Resources: types, ResourceNet: rnet,
 		ResourceDir: resDir, BackupDir: filepath.Join(c.DataDir, "backups"),
 		CA: mp.ca, Metrics: mp.metrics}
@@ -270,27 +301,18 @@ func Run(ctx context.Context, c Config) error {
 	if mp.mesh != nil {
 		plane.Mesh, plane.ServiceSubnet = mp.mesh, mp.subnet
 	}
-	hostPorts = plane.HostPorts
+	mach.Releases = plane
 	plane.Images, plane.KeepReleases = releaseImages, c.KeepReleases
 	imageRegistry := registry.New(plane.Images, token)
 	imageRegistry.Log = log.With("component", "registry")
 
-	apiLn, err := net.Listen("tcp", c.APIAddr)
-	if err != nil {
-		return fmt.Errorf("API address %s: %w (is another pier server running? use --api-addr)", c.APIAddr, err)
-	}
-	httpLn, err := net.Listen("tcp", c.HTTPAddr)
-	if err != nil {
-		apiLn.Close()
-		return fmt.Errorf("HTTP address %s: %w (use --http-addr to pick another)", c.HTTPAddr, err)
-	}
-	var httpsLn net.Listener
-	if c.HTTPSAddr != "" {
-		if httpsLn, err = net.Listen("tcp", c.HTTPSAddr); err != nil {
-			apiLn.Close()
-			httpLn.Close()
-			return fmt.Errorf("HTTPS address %s: %w (use --https-addr to pick another)", c.HTTPSAddr, err)
+	if lns == nil {
+		if lns, err = openListeners(c, in); err != nil {
+			return err
 		}
+	}
+	apiLn, httpLn, httpsLn := lns.api, lns.http, lns.https
+	if httpsLn != nil {
 		defer httpsLn.Close() // Serve closes it too; this covers the early returns
 	}
 	if c.LocalCA == nil {
@@ -313,10 +335,7 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Sprintf("http://%s.%s:%d/", app, c.Domain, httpPort)
 	}
 
-	edge.Wake = func(app string) {
-		plane.Wake(app)
-		mach.Wake(app)
-	}
+	edge.Wake = mach.Wake
 	edge.Record = func(app, machine string, r *http.Request, code int, d time.Duration, out int64) {
 		if mp.mesh != nil && machine != "" {
 			return // the mesh's callee side recorded it
@@ -326,9 +345,19 @@ func Run(ctx context.Context, c Config) error {
 	meshCtx, stopMesh := context.WithCancel(ctx)
 	defer stopMesh()
 	if mp.mesh != nil {
-		mp.mesh.SetWake(plane.Wake)
+		mp.mesh.SetWake(mach.Wake)
 	}
 	go mp.run(meshCtx, log)
+
+	if isolated != nil {
+		dnsCtx, stopDNS := context.WithCancel(ctx)
+		defer stopDNS()
+		if _, err := machineDNS(dnsCtx, isolated, names{mesh: mp.mesh, mach: mach}, log.With("component", "dns")); err != nil {
+			apiLn.Close()
+			httpLn.Close()
+			return err
+		}
+	}
 
 	// Resources first: apps expect their databases when they start.
 	if err := plane.StartResources(ctx); err != nil {
@@ -336,20 +365,25 @@ func Run(ctx context.Context, c Config) error {
 		httpLn.Close()
 		return fmt.Errorf("start resources: %w", err)
 	}
+	// Machines first: those a previous server left running are adopted
+	// before anything cleans up what no one knows.
+	if err := mach.Restore(ctx, cleaner); err != nil {
+		apiLn.Close()
+		httpLn.Close()
+		mach.Shutdown(0)
+		return fmt.Errorf("restore machines: %w", err)
+	}
 	if err := plane.Restore(ctx, cleaner); err != nil {
 		apiLn.Close()
 		httpLn.Close()
-		sup.Shutdown(0)
+		mach.Shutdown(0)
 		return fmt.Errorf("restore apps: %w", err)
 	}
-	if isolated != nil {
-		if err := mach.Restore(ctx, isolated); err != nil {
-			apiLn.Close()
-			httpLn.Close()
-			sup.Shutdown(0)
-			mach.Shutdown(0)
-			return fmt.Errorf("restore machines: %w", err)
-		}
+	if err := plane.Reconcile(ctx); err != nil {
+		apiLn.Close()
+		httpLn.Close()
+		mach.Shutdown(0)
+		return fmt.Errorf("restore apps: %w", err)
 	}
 	apiSrv := &http.Server{
 		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Certs: certMgr, Registry: imageRegistry}).Handler(),
@@ -374,8 +408,7 @@ func Run(ctx context.Context, c Config) error {
 	go func() {
 		defer close(autostopDone)
 		var wg sync.WaitGroup
-		wg.Add(3)
-		go func() { defer wg.Done(); plane.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
+		wg.Add(2)
 		go func() { defer wg.Done(); plane.RunResources(autostopCtx, 5*time.Second) }()
 		go func() { defer wg.Done(); mach.RunAutostop(autostopCtx, time.Second, edge.Idle) }()
 		wg.Wait()
@@ -392,11 +425,20 @@ func Run(ctx context.Context, c Config) error {
 			ErrorLog:          httpSrv.ErrorLog, // failed handshakes of scanners are no news
 		}
 	}
+	var fresh unread
+	for _, srv := range []*http.Server{apiSrv, httpSrv, httpsSrv} {
+		if srv != nil {
+			srv.ConnState = fresh.track
+		}
+	}
 	errs := make(chan error, 3)
-	go func() { errs <- serve(apiSrv, apiLn) }()
-	go func() { errs <- serve(httpSrv, httpLn) }()
+	var serving sync.WaitGroup
+	serving.Add(2)
+	go func() { defer serving.Done(); errs <- serve(apiSrv, apiLn) }()
+	go func() { defer serving.Done(); errs <- serve(httpSrv, httpLn) }()
 	if httpsSrv != nil {
-		go func() { errs <- serveTLS(httpsSrv, httpsLn) }()
+		serving.Add(1)
+		go func() { defer serving.Done(); errs <- serveTLS(httpsSrv, httpsLn) }()
 	}
 	certMgr.Manage() // the HTTP listener serves: challenges can be answered
 
@@ -413,22 +455,44 @@ func Run(ctx context.Context, c Config) error {
 	}
 
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errs:
+	handedOff := false
+	for !handedOff {
+		select {
+		case <-ctx.Done():
+		case runErr = <-errs:
+		case <-c.Restart:
+			log.Info("graceful restart: handing over to a new server", "binary", self)
+			if err := handOff(self, lns.byName(), log); err != nil {
+				log.Error("graceful restart failed; serving on", "err", err)
+				continue
+			}
+			handedOff = true
+		}
+		break
 	}
-	log.Info("shutting down: draining traffic and stopping machines")
+	log.Info("shutting down")
 	stopAutostop()
 	<-autostopDone
 	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	httpSrv.Shutdown(shutCtx)
+	servers := []*http.Server{httpSrv, apiSrv}
 	if httpsSrv != nil {
-		httpsSrv.Shutdown(shutCtx)
+		servers = append(servers, httpsSrv)
 	}
-	apiSrv.Shutdown(shutCtx)
-	sup.Shutdown(0)
-	mach.Shutdown(10 * time.Second)
+	// No new connections (after a graceful restart, the new server takes
+	// them from the sockets' backlog); those accepted get to send their
+	// request before Shutdown, which would drop it unanswered.
+	lns.close()
+	serving.Wait()
+	fresh.wait(5 * time.Second)
+	for _, srv := range servers {
+		srv.Shutdown(shutCtx)
+	}
+	if (handedOff || !c.StopMachinesOnExit) && mach.Detach() {
+		log.Info("machines left running; the next pier server adopts them (--stop-machines-on-exit stops them)")
+	} else {
+		mach.Shutdown(10 * time.Second)
+	}
 	log.Info("stopped")
 	return runErr
 }
@@ -445,6 +509,46 @@ func serveTLS(s *http.Server, ln net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// listeners are the server's listening sockets.
+type listeners struct{ api, http, https net.Listener }
+
+// openListeners listens on the API, HTTP and HTTPS addresses, or takes
+// the sockets a previous server handed over.
+func openListeners(c Config, in inherited) (*listeners, error) {
+	var l listeners
+	var err error
+	if l.api, err = in.listen("api", c.APIAddr); err != nil {
+		return nil, fmt.Errorf("API address %s: %w (is another pier server running? use --api-addr)", c.APIAddr, err)
+	}
+	if l.http, err = in.listen("http", c.HTTPAddr); err != nil {
+		l.close()
+		return nil, fmt.Errorf("HTTP address %s: %w (use --http-addr to pick another)", c.HTTPAddr, err)
+	}
+	if c.HTTPSAddr != "" {
+		if l.https, err = in.listen("https", c.HTTPSAddr); err != nil {
+			l.close()
+			return nil, fmt.Errorf("HTTPS address %s: %w (use --https-addr to pick another)", c.HTTPSAddr, err)
+		}
+	}
+	return &l, nil
+}
+
+func (l *listeners) close() {
+	for _, ln := range []net.Listener{l.api, l.http, l.https} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+func (l *listeners) byName() map[string]net.Listener {
+	m := map[string]net.Listener{"api": l.api, "http": l.http}
+	if l.https != nil {
+		m["https"] = l.https
+	}
+	return m
 }
 
 // dialable turns a listen address into one a client can dial: an

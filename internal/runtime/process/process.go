@@ -166,3 +166,7 @@ func (d *Driver) Cleanup(ctx context.Context, ids []string) (int, error) {
 	}
 	return killed, nil
 }
+
+// Isolates reports that machines are plain host processes, not isolated
+// from the host or from each other.
+func (d *Driver) Isolates() bool { return false }

@@ -103,3 +103,69 @@ func waitHTTP(b *testing.B, addr string) {
 	}
 	b.Fatalf("%s not serving after 10s", addr)
 }
+
+// BenchmarkRecover measures what a restarted server spends adopting the
+// machines a previous one left running: Recover of N machines (attach to
+// each monitor, claim its address, put back its host-port rules) until
+// every one is adopted, and until every one answers again through its
+// address. The machines are started once, on a driver that then Detaches;
+// each round recovers them on a new driver and detaches again.
+//
+//	go test -run '^$' -bench Recover -benchtime 3x ./internal/runtime/runc/
+func BenchmarkRecover(b *testing.B) {
+	need(b)
+	for _, n := range []int{10, 100} {
+		b.Run(fmt.Sprintf("machines=%d", n), func(b *testing.B) {
+			subnet := freeSubnet(testBridge, drv.fw.subnet)
+			state := filepath.Join(filepath.Dir(stateDir), "state-recover")
+			cfg := Config{StateDir: state, Subnet: subnet, Bridge: fmt.Sprintf("pr%d", os.Getpid()%100000)}
+			d, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var ids []string
+			for range n {
+				spec := runtime.Spec{ID: newID(), Command: []string{"/bin/machine"}, Rootfs: []string{rootfsDir}, HostPorts: []int{9}}
+				p, err := d.Start(context.Background(), spec)
+				if err != nil {
+					b.Fatal(err)
+				}
+				waitHTTP(b, p.Addr())
+				ids = append(ids, spec.ID)
+			}
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				defer cancel()
+				d.Cleanup(ctx, nil)
+				d.Uninstall(ctx)
+				os.RemoveAll(state)
+			}()
+			d.Detach()
+			var adopt, serve time.Duration
+			for b.Loop() {
+				begin := time.Now()
+				if d, err = New(cfg); err != nil {
+					b.Fatal(err)
+				}
+				procs := make([]runtime.Process, 0, n)
+				for _, id := range ids {
+					p, err := d.Recover(context.Background(), id, nil, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					procs = append(procs, p)
+				}
+				adopt += time.Since(begin)
+				for _, p := range procs {
+					waitHTTP(b, p.Addr())
+				}
+				serve += time.Since(begin)
+				b.StopTimer()
+				d.Detach()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(adopt.Milliseconds())/float64(b.N), "ms-adopted/op")
+			b.ReportMetric(float64(serve.Milliseconds())/float64(b.N), "ms-serving/op")
+		})
+	}
+}

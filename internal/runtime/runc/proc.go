@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/pier-dev/pier/internal/runtime"
+	"github.com/pier-dev/pier/internal/runtime/shim"
 )
 
 // proc is a running machine.
@@ -30,8 +30,9 @@ type proc struct {
 	pid  int        // set by Start before the proc is handed out
 	kept *keptUpper // the caller's upper layer, or nil
 
-	exited   chan struct{} // runc has returned
-	done     chan struct{} // torn down, output flushed; exit is set
+	att      *shim.Attached // the machine's monitor, which runs runc
+	exited   chan struct{}  // runc has returned
+	done     chan struct{}  // torn down, output flushed; exit is set
 	exit     runtime.Exit
 	startErr string // runc's own error when it failed before the machine ran
 	ranPid   int    // the machine's pid as runc recorded it; set before done closes
@@ -47,12 +48,34 @@ func (p *proc) Wait() runtime.Exit {
 	return p.exit
 }
 
-// wait owns the machine after runc started: it waits for runc, records how
-// the machine ended, and removes everything the machine had on the host.
-func (p *proc) wait(cmd *exec.Cmd, copies *sync.WaitGroup, addr netip.Addr) {
-	err := cmd.Wait()
+// wait owns the machine after runc started: it waits for runc's exit (from
+// the monitor), records how the machine ended, and removes everything the
+// machine had on the host. When the server detaches from the machine
+// instead (Driver.Detach), it leaves it running.
+func (p *proc) wait(addr netip.Addr) {
+	<-p.att.Gone()
+	select {
+	case <-p.att.Exited():
+	default:
+		if p.d.detaching.Load() {
+			p.d.ipam.release(addr)
+			p.d.forget(p.id)
+			p.exit = runtime.Exit{Code: -1, Detached: true}
+			close(p.done)
+			return
+		}
+		// The monitor died: the machine's output and status are lost;
+		// runc went with it (its death signal), and the teardown kills
+		// what is left of the machine.
+		p.log.Error("the machine's monitor is gone; stopping the machine")
+	}
 	close(p.exited)
-	exit := exitOf(cmd, err)
+	exit := runtime.Exit{Code: -1, Signal: "monitor lost"}
+	select {
+	case <-p.att.Exited():
+		exit = exitOf(p.att.Exit().WaitStatus())
+	default:
+	}
 	// With --keep the cgroup outlives the machine until runc delete, so the
 	// kernel's OOM-kill count is still there to read.
 	exit.OOMKilled = oomKilled(p.id)
@@ -78,9 +101,8 @@ func (p *proc) wait(cmd *exec.Cmd, copies *sync.WaitGroup, addr netip.Addr) {
 			p.log.Error("clean up machine", "err", ferr)
 		}
 	}
-	// After teardown: runc delete -f has killed anything that could still
-	// hold the output pipes (possible only if runc itself was killed).
-	copies.Wait()
+	// The monitor can go: its exit is dealt with.
+	p.att.Ack()
 	p.d.ipam.release(addr)
 	p.d.forget(p.id)
 	p.exit = exit
@@ -91,14 +113,7 @@ func (p *proc) wait(cmd *exec.Cmd, copies *sync.WaitGroup, addr netip.Addr) {
 // exitOf reads runc's status. runc reports a machine killed by signal N as
 // 128+N, so a command that itself exits with such a code reads as killed,
 // as with shells.
-func exitOf(cmd *exec.Cmd, err error) runtime.Exit {
-	if cmd.ProcessState == nil {
-		return runtime.Exit{Code: -1}
-	}
-	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if !ok {
-		return runtime.Exit{Code: -1}
-	}
+func exitOf(ws syscall.WaitStatus) runtime.Exit {
 	if ws.Signaled() { // runc itself was killed
 		return runtime.Exit{Code: -1, Signal: ws.Signal().String()}
 	}

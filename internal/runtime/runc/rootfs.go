@@ -302,10 +302,6 @@ func gatewayResolvConf(gw netip.Addr) []byte {
 	return fmt.Appendf(nil, "# pier's name server, on the gateway\nnameserver %s\n", gw)
 }
 
-func hostsFile(ip, hostname string, extra []string) []byte {
-	b := fmt.Appendf(nil, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ip, hostname)
-	for _, line := range extra {
-		b = fmt.Appendf(b, "%s\n", line)
-	}
-	return b
+func hostsFile(ip, hostname string) []byte {
+	return fmt.Appendf(nil, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ip, hostname)
 }

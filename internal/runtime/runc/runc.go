@@ -40,12 +40,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/pier-dev/pier/internal/runtime"
+	"github.com/pier-dev/pier/internal/runtime/shim"
 )
 
 // Config configures a Driver. Zero fields get the documented defaults.
@@ -103,10 +105,13 @@ type Driver struct {
 	// swapLimit: memory limits can include swap (see swapAccounting).
 	swapLimit bool
 
-	mu       sync.Mutex
-	live     map[string]bool // machines starting or running: Cleanup and ReconcileFirewall leave them alone
-	nextSlot int             // where the search for a free range of host ids starts (userns.go)
-	diskMu   sync.Mutex      // makes disk templates one at a time (disk.go)
+	mu    sync.Mutex
+	live  map[string]bool  // machines starting or running: Cleanup and ReconcileFirewall leave them alone
+	procs map[string]*proc // machines running, for Detach
+	// detaching: the server lets go of its machines (Detach); they run on.
+	detaching atomic.Bool
+	nextSlot  int        // where the search for a free range of host ids starts (userns.go)
+	diskMu    sync.Mutex // makes disk templates one at a time (disk.go)
 }
 
 // ReconcileEvery is how often the driver removes host-port rules that name
@@ -195,7 +200,7 @@ func New(c Config) (*Driver, error) {
 	if err := ensureTmpfs(c.RunDir); err != nil {
 		return nil, fmt.Errorf("runc runtime: %w", err)
 	}
-	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}}
+	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}, procs: map[string]*proc{}}
 	if err := os.MkdirAll(d.root, 0o700); err != nil {
 		return nil, err
 	}
@@ -342,6 +347,9 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	if len(spec.Command) == 0 {
 		return nil, fmt.Errorf("start machine %s: empty command", id)
 	}
+	if d.detaching.Load() {
+		return nil, fmt.Errorf("start machine %s: the driver is detaching (the server is exiting)", id)
+	}
 	d.mu.Lock()
 	if d.live[id] {
 		d.mu.Unlock()
@@ -486,7 +494,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		netErr <- setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge)
 	}()
 	base := []runtime.File{
-		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id, spec.Hosts)},
+		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id)},
 		{Path: "/etc/hostname", Data: []byte(id + "\n")},
 		{Path: "/etc/resolv.conf", Data: d.resolv},
 	}
@@ -523,28 +531,41 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	}
 
 	pidFile := filepath.Join(run, "pid")
-	cmd := exec.Command(d.cfg.Runc, "--root", d.root, "--log", filepath.Join(run, "runc.log"), "--log-format", "json",
-		"run", "--bundle", run, "--pid-file", pidFile, "--keep", id)
-	// --keep: runc would otherwise delete the cgroup the moment the machine
-	// exits, and with it the OOM-kill counter Wait reads. Pdeathsig: if
-	// the server dies, runc goes too (the machine itself survives until
-	// Cleanup; nothing could read its output any more).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// Output pipes handed to runc and through it to the machine's
-	// processes (no terminal).
-	copies, err := runtime.StartWithOutput(cmd, spec.Stdout, spec.Stderr)
-	if err != nil {
-		return nil, fmt.Errorf("run %s: %w", d.cfg.Runc, err)
-	}
-	handedOff = true
-
 	p := &proc{d: d, id: id, log: log, addr: net.JoinHostPort(addr.String(), strconv.Itoa(port)), kept: kept,
 		exited: make(chan struct{}), done: make(chan struct{})}
-	go p.wait(cmd, copies, addr)
+	// What Recover needs to adopt the machine after a restart of the
+	// server. Machines that keep a layer for their caller (build steps)
+	// end with the server that started them, so they have none.
+	if kept == nil {
+		if err := writeState(run, machineState{Addr: p.addr, HostPorts: spec.HostPorts}); err != nil {
+			return nil, err
+		}
+	}
+	// runc runs under a monitor of its own (internal/runtime/shim), which
+	// holds the machine's output and exit status for whichever server is
+	// attached, so the machine outlives the server. --keep: runc would
+	// otherwise delete the cgroup the moment the machine exits, and with
+	// it the OOM-kill counter Wait reads.
+	shimPid, err := shim.Start(run, shim.Command{Argv: []string{d.cfg.Runc, "--root", d.root, "--log", filepath.Join(run, "runc.log"), "--log-format", "json",
+		"run", "--bundle", run, "--pid-file", pidFile, "--keep", id}})
+	if err != nil {
+		return nil, err
+	}
+	att, err := shim.Attach(ctx, run, spec.Stdout, spec.Stderr)
+	if err != nil {
+		// No monitor to wait on: it goes, and runc with it (its death
+		// signal); the deferred teardown removes what runc made.
+		syscall.Kill(shimPid, syscall.SIGKILL)
+		return nil, fmt.Errorf("machine monitor: %w", err)
+	}
+	handedOff = true
+	p.att = att
+	d.track(p)
+	go p.wait(addr)
 
 	pid, err := waitPidFile(ctx, pidFile, p.exited)
 	if err != nil {
-		cmd.Process.Kill()
+		exec.Command(d.cfg.Runc, "--root", d.root, "kill", id, "KILL").Run()
 		<-p.done
 		if p.startErr != "" {
 			return nil, errors.New(p.startErr)
@@ -565,6 +586,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 func (d *Driver) forget(id string) {
 	d.mu.Lock()
 	delete(d.live, id)
+	delete(d.procs, id)
 	d.mu.Unlock()
 }
 

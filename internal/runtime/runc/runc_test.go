@@ -138,7 +138,7 @@ func sweepStale() {
 			continue // still running
 		}
 		var errs []error
-		for _, run := range [][2]string{{"pt", "state"}, {"pu", "state2"}, {"pd", "state-dns"}} { // the test driver, the second server's, TestDNS's
+		for _, run := range [][2]string{{"pt", "state"}, {"pu", "state2"}, {"pd", "state-dns"}, {"pr", "state-recover"}} { // the test driver, the second server's, TestDNS's, TestMachinesOutliveTheDriver's
 			bridge := fmt.Sprintf("%s%d", run[0], pid%100000)
 			state := filepath.Join(dir, run[1])
 			d := &Driver{cfg: Config{StateDir: state, RunDir: defaultRunDir(state), Bridge: bridge, Runc: "runc"}, log: slog.New(slog.DiscardHandler),

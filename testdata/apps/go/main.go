@@ -14,6 +14,10 @@ func main() {
 		fmt.Fprintf(w, "hello from go version=%s secret=%s\n", version, os.Getenv("GREETING_SECRET"))
 	})
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	http.HandleFunc("/say", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println(r.FormValue("line")) // to the app's logs
+		fmt.Fprintln(w, "said")
+	})
 	http.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(300 * time.Millisecond)
 		fmt.Fprintf(w, "slow version=%s\n", version)

@@ -56,6 +56,22 @@ func main() {
 	mux.HandleFunc("/dial", dial)
 	mux.HandleFunc("/hold", hold)
 	mux.HandleFunc("/poke", poke)
+	mux.HandleFunc("/resolve", func(w http.ResponseWriter, r *http.Request) {
+		addrs, err := net.DefaultResolver.LookupHost(r.Context(), r.FormValue("name"))
+		if err != nil {
+			fmt.Fprintf(w, "error: %v", err)
+			return
+		}
+		fmt.Fprint(w, strings.Join(addrs, " "))
+	})
+	mux.HandleFunc("/file", func(w http.ResponseWriter, r *http.Request) {
+		b, err := os.ReadFile(r.FormValue("path"))
+		if err != nil {
+			fmt.Fprintf(w, "error: %v", err)
+			return
+		}
+		w.Write(b)
+	})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 			gs.ServeHTTP(w, r)

@@ -217,6 +217,10 @@ func main() {
 			}
 		}
 	})
+	mux.HandleFunc("/say", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println(r.FormValue("line"))
+		fmt.Fprint(w, "said")
+	})
 	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		code, _ := strconv.Atoi(r.FormValue("code"))
 		os.Exit(code)

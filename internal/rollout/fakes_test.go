@@ -1,4 +1,4 @@
-package supervisor
+package rollout
 
 import (
 	"context"
@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pier-dev/pier/internal/appspec"
 	"github.com/pier-dev/pier/internal/logs"
+	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/runtime"
 )
@@ -57,7 +59,7 @@ func (tl *timeline) all() []string {
 //	exit N           print a line to stderr and exit with code N at once
 //
 // Every machine but no-listen and exit is a real HTTP server, so the
-// supervisor's health checks pass or fail for real.
+// machine manager's health checks pass or fail for real.
 type fakeDriver struct {
 	t  *testing.T
 	tl *timeline
@@ -68,7 +70,7 @@ type fakeDriver struct {
 	nextID int
 }
 
-var _ Driver = (*fakeDriver)(nil)
+var _ machines.Driver = (*fakeDriver)(nil)
 
 func newFakeDriver(t *testing.T, tl *timeline) *fakeDriver {
 	return &fakeDriver{t: t, tl: tl, procs: map[string][]*fakeProc{}}
@@ -86,7 +88,7 @@ func (d *fakeDriver) endAll() {
 }
 
 // mode is the fake app's behaviour: the start command without the "exec "
-// the supervisor puts in front of simple commands.
+// appspec.Command puts in front of simple commands.
 func mode(spec runtime.Spec) string {
 	if len(spec.Command) == 0 {
 		return ""
@@ -249,7 +251,7 @@ type fakeRouter struct {
 
 type routerCall struct{ op, app, id, addr string }
 
-var _ Router = (*fakeRouter)(nil)
+var _ machines.Router = (*fakeRouter)(nil)
 
 func (r *fakeRouter) Add(app, id, addr string) {
 	r.mu.Lock()
@@ -307,40 +309,50 @@ func (r *fakeRouter) allCalls() []routerCall {
 	return slices.Clone(r.calls)
 }
 
-// fakeRecorder keeps machines and events in memory.
+// fakeRecorder keeps machine documents and app events in memory.
 type fakeRecorder struct {
-	mu       sync.Mutex
-	machines map[string]pier.Machine
-	events   []pier.Event
+	mu     sync.Mutex
+	docs   map[string][]byte
+	events []pier.Event
 }
 
-var _ Recorder = (*fakeRecorder)(nil)
+var _ machines.Persister = (*fakeRecorder)(nil)
 
-func (r *fakeRecorder) AddMachine(ctx context.Context, m pier.Machine) error {
+func (r *fakeRecorder) PutMachineDoc(ctx context.Context, id, app string, doc []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.machines[m.ID] = m
+	r.docs[id] = slices.Clone(doc)
 	return nil
 }
 
-func (r *fakeRecorder) RemoveMachine(ctx context.Context, id string) error {
+func (r *fakeRecorder) DeleteMachineDoc(ctx context.Context, id string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.machines, id)
+	delete(r.docs, id)
 	return nil
 }
 
-func (r *fakeRecorder) AddEvent(ctx context.Context, app, typ, msg string) error {
+func (r *fakeRecorder) MachineDocs(ctx context.Context) ([][]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out [][]byte
+	for _, d := range r.docs {
+		out = append(out, slices.Clone(d))
+	}
+	return out, nil
+}
+
+func (r *fakeRecorder) addEvent(app, typ, msg string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, pier.Event{App: app, Type: typ, Message: msg})
-	return nil
 }
 
+// machineIDs are the machines whose documents are stored.
 func (r *fakeRecorder) machineIDs() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return slices.Sorted(maps.Keys(r.machines))
+	return slices.Sorted(maps.Keys(r.docs))
 }
 
 func (r *fakeRecorder) eventsOf(typ string) []pier.Event {
@@ -355,12 +367,35 @@ func (r *fakeRecorder) eventsOf(typ string) []pier.Event {
 	return out
 }
 
-// harness is a Supervisor wired to the fakes.
+// fakeReleases builds the machine specs of the releases rel made as the
+// server does (appspec.Builder for host processes), with the environment
+// the control plane would give.
+type fakeReleases struct{ b appspec.Builder }
+
+// released holds every release rel made, by app/vN: tests run one after
+// another, and a later test's release of the same name replaces the
+// earlier one.
+var released sync.Map
+
+func (f *fakeReleases) ReleaseSpec(ctx context.Context, app string, version int) (runtime.Spec, error) {
+	r, ok := released.Load(fmt.Sprintf("%s/v%d", app, version))
+	if !ok {
+		return runtime.Spec{}, pier.Errorf(pier.NotFound, "release v%d of %s not found", version, app)
+	}
+	return f.b.Spec(r.(pier.Release), []string{"FROM_TEST=1"})
+}
+
+// hostDriver is the fake driver as the process driver is: not isolating.
+func (d *fakeDriver) Isolates() bool { return false }
+
+// harness is a machine manager and a Rollout wired to the fakes.
 type harness struct {
-	s        *Supervisor
+	mg       *machines.Manager
+	ro       *Rollout
 	driver   *fakeDriver
 	router   *fakeRouter
 	rec      *fakeRecorder
+	rels     *fakeReleases
 	tl       *timeline
 	hub      *logs.Hub
 	artifact string
@@ -374,31 +409,27 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{
 		driver:   newFakeDriver(t, tl),
 		router:   &fakeRouter{tl: tl, routes: map[string]map[string]string{}},
-		rec:      &fakeRecorder{machines: map[string]pier.Machine{}},
+		rec:      &fakeRecorder{docs: map[string][]byte{}},
 		tl:       tl,
 		artifact: t.TempDir(),
 	}
+	h.rels = &fakeReleases{b: appspec.Builder{
+		Artifact: func(app, buildID string) string { return filepath.Join(h.artifact, app, buildID) },
+		Self:     selfBinary,
+	}}
 	hub, err := logs.NewHub(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.hub = hub
-	h.s = New(Config{
-		Driver:    h.driver,
-		Router:    h.router,
-		Recorder:  h.rec,
-		Logs:      hub,
-		Log:       slog.New(slog.DiscardHandler),
-		Artifact:  func(app, buildID string) string { return filepath.Join(h.artifact, app, buildID) },
-		Self:      selfBinary,
-		StopGrace: 200 * time.Millisecond,
-	})
-	// Machines are stopped by the supervisor, then whatever it failed to
+	h.mg = h.newManager(h.driver)
+	h.ro = &Rollout{Fleet: h.mg, Logs: hub, Log: slog.New(slog.DiscardHandler)}
+	// Machines are stopped by the manager, then whatever it failed to
 	// stop is ended, so a broken shutdown fails the test instead of hanging
 	// it.
 	t.Cleanup(func() {
 		done := make(chan struct{})
-		go func() { defer close(done); h.s.Shutdown(0) }()
+		go func() { defer close(done); h.mg.Shutdown(200 * time.Millisecond) }()
 		select {
 		case <-done:
 		case <-time.After(6 * wait):
@@ -410,10 +441,18 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
+// newManager is a machine manager on drv and the harness's fakes.
+func (h *harness) newManager(drv machines.Driver) *machines.Manager {
+	mg := machines.New(drv, nil, h.rec, h.hub, slog.New(slog.DiscardHandler))
+	mg.StopTimeout = 200 * time.Millisecond
+	mg.Router, mg.Releases, mg.Events = h.router, h.rels, h.rec.addEvent
+	return mg
+}
+
 // rel is a release of app whose machines behave as start says (see
 // fakeDriver).
 func rel(app string, version int, start, strategy string) pier.Release {
-	return pier.Release{
+	r := pier.Release{
 		App: app, Version: version, BuildID: fmt.Sprintf("build%d", version), Builder: "go", Start: start,
 		Config: pier.RunConfig{
 			Strategy:     strategy,
@@ -421,9 +460,11 @@ func rel(app string, version int, start, strategy string) pier.Release {
 			DrainTimeout: pier.Duration{Duration: time.Second},
 		},
 	}
+	released.Store(fmt.Sprintf("%s/v%d", app, version), r)
+	return r
 }
 
-// progressLog collects a deploy's progress lines; the supervisor may call
+// progressLog collects a deploy's progress lines; a deploy may call
 // it from several goroutines at once.
 type progressLog struct {
 	mu    sync.Mutex
@@ -440,7 +481,7 @@ func (h *harness) deploy(t *testing.T, r pier.Release, count int) (*progressLog,
 	t.Helper()
 	var pl progressLog
 	var err error
-	within(t, "Deploy", func() { err = h.s.Deploy(context.Background(), r, []string{"FROM_TEST=1"}, count, pl.add) })
+	within(t, "Deploy", func() { err = h.ro.Deploy(context.Background(), r, count, pl.add) })
 	return &pl, err
 }
 
@@ -460,7 +501,7 @@ func within(t *testing.T, what string, fn func()) {
 // ids returns the ids of app's machines, oldest first.
 func (h *harness) ids(app string) []string {
 	var ids []string
-	for _, m := range h.s.Machines(app) {
+	for _, m := range h.mg.AppMachines(app) {
 		ids = append(ids, m.ID)
 	}
 	return ids

@@ -1,4 +1,4 @@
-package supervisor
+package rollout
 
 import (
 	"maps"
@@ -85,7 +85,7 @@ func TestDeployHealthyRelease(t *testing.T) {
 				t.Fatalf("Deploy: %v", err)
 			}
 
-			ms := h.s.Machines("web")
+			ms := h.mg.AppMachines("web")
 			if len(ms) != 3 {
 				t.Fatalf("machines after deploy: %+v, want 3 of v2", ms)
 			}
@@ -213,7 +213,7 @@ func TestDeployFailedReleaseLeavesOldServing(t *testing.T) {
 		want    []string // in the error message
 	}{
 		// The exit must be reported as such, well before the wait is over.
-		{"exits at start", "exit 3", nil, wait, []string{"exit code 3", "missing DATABASE_URL"}},
+		{"exits at start", "exit 3", nil, wait, []string{"of v2 exited with exit code 3 before passing its health checks", "missing DATABASE_URL"}},
 		{"never listens", "no-listen", nil, 300 * time.Millisecond, []string{"did not pass its health checks", "TCP connect", "starting up, slowly"}},
 		{"fails http check", "serve-unhealthy", httpCheck, 300 * time.Millisecond, []string{"did not pass its health checks", "GET /healthz"}},
 		{"driver cannot start it", "no-such-command", nil, wait, []string{"machine did not start", "no-such-command"}},

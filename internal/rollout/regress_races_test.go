@@ -1,4 +1,4 @@
-package supervisor
+package rollout
 
 import (
 	"context"
@@ -15,12 +15,12 @@ import (
 func TestRegressionStartedAtRace(t *testing.T) {
 	h := newHarness(t)
 	r := rel("web", 1, "exit 1", pier.StrategyRolling)
-	if err := h.s.Run(r, nil, 2); err != nil {
+	if err := h.ro.Scale(context.Background(), r, 2); err != nil {
 		t.Fatal(err)
 	}
 	end := time.Now().Add(800 * time.Millisecond)
 	for time.Now().Before(end) {
-		h.s.Scale(r, nil, 2) // only reads: 2 machines already
+		h.ro.Scale(context.Background(), r, 2) // only reads: 2 machines already
 		time.Sleep(time.Millisecond)
 	}
 }
@@ -30,7 +30,7 @@ func TestRegressionProgressConcurrent(t *testing.T) {
 	h := newHarness(t)
 	var lines []string // unsynchronized, like control's fmt.Fprintf(out, ...)
 	progress := func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }
-	if err := h.s.Deploy(context.Background(), rel("web", 1, "serve", pier.StrategyImmediate), nil, 4, progress); err != nil {
+	if err := h.ro.Deploy(context.Background(), rel("web", 1, "serve", pier.StrategyImmediate), 4, progress); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -40,6 +40,8 @@ type slowStart struct {
 	entered chan struct{}
 	release chan struct{}
 }
+
+func (d *slowStart) Isolates() bool { return false }
 
 func (d *slowStart) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
 	d.entered <- struct{}{}
@@ -52,19 +54,20 @@ func (d *slowStart) Start(ctx context.Context, spec runtime.Spec) (runtime.Proce
 func TestRegressionStopDuringSlowStart(t *testing.T) {
 	h := newHarness(t)
 	d := &slowStart{inner: h.driver, entered: make(chan struct{}, 1), release: make(chan struct{})}
-	h.s.driver = d
-	if err := h.s.Run(rel("web", 1, "serve", pier.StrategyRolling), nil, 1); err != nil {
+	h.mg = h.newManager(d)
+	h.ro.Fleet = h.mg
+	if err := h.ro.Scale(context.Background(), rel("web", 1, "serve", pier.StrategyRolling), 1); err != nil {
 		t.Fatal(err)
 	}
 	<-d.entered
 	stopped := make(chan struct{})
-	go func() { h.s.StopApp("web", 0); close(stopped) }()
+	go func() { h.ro.StopApp("web"); close(stopped) }()
 	time.Sleep(400 * time.Millisecond) // > StopGrace (200ms): SIGKILL went to no process
 	close(d.release)                   // the runtime finally hands back the process
 	select {
 	case <-stopped:
 	case <-time.After(3 * time.Second):
 		id := h.ids("web")[0]
-		t.Fatalf("StopApp hangs; machine %+v, process exited %v", h.s.Machines("web"), h.driver.latest(id).exited())
+		t.Fatalf("StopApp hangs; machine %+v, process exited %v", h.mg.AppMachines("web"), h.driver.latest(id).exited())
 	}
 }

@@ -1,7 +1,7 @@
-package supervisor
+package rollout
 
 import (
-	"os"
+	"context"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,7 +14,7 @@ import (
 // runOne starts one machine of r and waits until it is routed.
 func runOne(t *testing.T, h *harness, r pier.Release) string {
 	t.Helper()
-	if err := h.s.Run(r, nil, 1); err != nil {
+	if err := h.ro.Scale(context.Background(), r, 1); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the machine is routed", func() bool { return len(h.router.routed(r.App)) == 1 })
@@ -32,7 +32,7 @@ func TestCrashedMachineIsRestarted(t *testing.T) {
 			p := h.driver.latest(id)
 			return p != crashed && h.router.routed("web")[id] == p.addr
 		})
-		ms := h.s.Machines("web")
+		ms := h.mg.AppMachines("web")
 		if len(ms) != 1 || ms[0].ID != id {
 			t.Fatalf("machines after crash %d: %+v, want the same one machine", n, ms)
 		}
@@ -54,7 +54,7 @@ func TestCrashedMachineIsRestarted(t *testing.T) {
 
 func TestCrashLoopBacksOff(t *testing.T) {
 	h := newHarness(t)
-	if err := h.s.Run(rel("web", 1, "exit 1", pier.StrategyRolling), nil, 1); err != nil {
+	if err := h.ro.Scale(context.Background(), rel("web", 1, "exit 1", pier.StrategyRolling), 1); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the machine started once", func() bool { return len(h.ids("web")) == 1 })
@@ -84,7 +84,7 @@ func TestUnhealthyMachineLeavesTrafficAndReturns(t *testing.T) {
 
 	p.sick.Store(true)
 	eventually(t, "the failing machine leaves traffic", func() bool { return len(h.router.routed("web")) == 0 })
-	if ms := h.s.Machines("web"); len(ms) != 1 || ms[0].Healthy {
+	if ms := h.mg.AppMachines("web"); len(ms) != 1 || ms[0].Healthy {
 		t.Errorf("machines while failing checks: %+v, want one unhealthy", ms)
 	}
 	if evs := h.rec.eventsOf("machine.unhealthy"); len(evs) == 0 || !strings.Contains(evs[0].Message, "/healthz") {
@@ -96,7 +96,7 @@ func TestUnhealthyMachineLeavesTrafficAndReturns(t *testing.T) {
 	if got := h.driver.all(id); len(got) != 1 || got[0].exited() {
 		t.Errorf("failing checks restarted the machine (%d runs); it should only leave traffic", len(got))
 	}
-	if ms := h.s.Machines("web"); ms[0].Restarts != 0 || !ms[0].Healthy {
+	if ms := h.mg.AppMachines("web"); ms[0].Restarts != 0 || !ms[0].Healthy {
 		t.Errorf("after recovery: %+v", ms[0])
 	}
 }
@@ -109,7 +109,7 @@ func TestScale(t *testing.T) {
 	scale := func(n int) {
 		t.Helper()
 		var err error
-		within(t, "Scale", func() { err = h.s.Scale(r, nil, n) })
+		within(t, "Scale", func() { err = h.ro.Scale(context.Background(), r, n) })
 		if err != nil {
 			t.Fatalf("Scale(%d): %v", n, err)
 		}
@@ -160,14 +160,14 @@ func TestScale(t *testing.T) {
 
 func TestStopAppAndShutdown(t *testing.T) {
 	h := newHarness(t)
-	if err := h.s.Run(rel("web", 1, "serve", pier.StrategyRolling), nil, 2); err != nil {
+	if err := h.ro.Scale(context.Background(), rel("web", 1, "serve", pier.StrategyRolling), 2); err != nil {
 		t.Fatal(err)
 	}
 	api := runOne(t, h, rel("api", 1, "serve", pier.StrategyRolling))
 	eventually(t, "web is routed", func() bool { return len(h.router.routed("web")) == 2 })
 	web := h.ids("web")
 
-	within(t, "StopApp", func() { h.s.StopApp("web", time.Second) })
+	within(t, "StopApp", func() { h.ro.StopApp("web") })
 	if got := h.ids("web"); len(got) != 0 {
 		t.Fatalf("web machines after StopApp: %v", got)
 	}
@@ -180,9 +180,26 @@ func TestStopAppAndShutdown(t *testing.T) {
 		t.Fatal("StopApp(web) touched api")
 	}
 
-	within(t, "Shutdown", func() { h.s.Shutdown(time.Second) })
-	if !h.driver.latest(api).exited() || len(h.ids("api")) != 0 || len(h.rec.machineIDs()) != 0 {
-		t.Fatalf("after Shutdown: api running %v, machines %v, recorded %v", !h.driver.latest(api).exited(), h.ids("api"), h.rec.machineIDs())
+	// The server's shutdown stops machines but keeps their documents, and
+	// the next server's manager starts them again: same machine, same id.
+	within(t, "Shutdown", func() { h.mg.Shutdown(time.Second) })
+	if !h.driver.latest(api).exited() {
+		t.Fatal("api still running after Shutdown")
+	}
+	if got := h.rec.machineIDs(); !slices.Equal(got, []string{api}) {
+		t.Fatalf("stored machines after Shutdown = %v, want [%s]", got, api)
+	}
+	mg := h.newManager(h.driver)
+	if err := mg.Restore(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	h.mg, h.ro.Fleet = mg, mg
+	eventually(t, "api is routed again after restore", func() bool {
+		p := h.driver.latest(api)
+		return len(h.driver.all(api)) == 2 && h.router.routed("api")[api] == p.addr
+	})
+	if ms := mg.AppMachines("api"); len(ms) != 1 || ms[0].ID != api || ms[0].Release != 1 || !ms[0].Healthy {
+		t.Fatalf("api after restore: %+v", ms)
 	}
 }
 
@@ -204,9 +221,10 @@ func TestMachineSpec(t *testing.T) {
 	if want := filepath.Join(h.artifact, "web", "build4"); s.Dir != want {
 		t.Errorf("Dir = %q, want the build's artifact %q", s.Dir, want)
 	}
-	// The env is passed as given: PORT is the driver's to add.
-	if !slices.Equal(s.Env, []string{"FROM_TEST=1"}) {
-		t.Errorf("Env = %q, want exactly the deploy's env", s.Env)
+	// The release's env as given, then the machine's Fly variables: PORT
+	// is the driver's to add.
+	if want := []string{"FROM_TEST=1", "FLY_MACHINE_ID=" + id, "FLY_APP_NAME=web", "FLY_REGION=local", "FLY_PROCESS_GROUP=app", "FLY_RELEASE_VERSION=4"}; !slices.Equal(s.Env, want) {
+		t.Errorf("Env = %q, want %q", s.Env, want)
 	}
 	if !slices.Equal(s.Command, []string{"/bin/sh", "-c", "exec serve"}) {
 		t.Errorf("Command = %q", s.Command)
@@ -220,107 +238,5 @@ func TestMachineSpec(t *testing.T) {
 		return l.Machine == id && l.Stream == "stdout" && strings.HasPrefix(l.Line, "listening on ")
 	}) {
 		t.Errorf("machine output not in the logs: %+v", lines)
-	}
-}
-
-func TestCommand(t *testing.T) {
-	tests := []struct {
-		builder, start string
-		want           []string
-	}{
-		{"go", "./server", []string{"/bin/sh", "-c", "exec ./server"}},
-		{"node", "node server.js", []string{"/bin/sh", "-c", "exec node server.js"}},
-		// Shell syntax: run as written, a shell is needed.
-		{"python", "python manage.py migrate && gunicorn app", []string{"/bin/sh", "-c", "python manage.py migrate && gunicorn app"}},
-		{"node", "node server.js --port $PORT", []string{"/bin/sh", "-c", "node server.js --port $PORT"}},
-		{"procfile", "web | tee log", []string{"/bin/sh", "-c", "web | tee log"}},
-		// Static sites are served by pier itself unless they say otherwise.
-		{"static", "", []string{selfBinary, "static-serve", "--dir", "."}},
-		{"static", "caddy file-server", []string{"/bin/sh", "-c", "exec caddy file-server"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.builder+" "+tt.start, func(t *testing.T) {
-			m := &machine{s: &Supervisor{self: selfBinary}, rel: pier.Release{Builder: tt.builder, Start: tt.start}}
-			if got := m.command(); !slices.Equal(got, tt.want) {
-				t.Errorf("command() = %q, want %q", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestEnv(t *testing.T) {
-	tests := []struct {
-		name    string
-		env     map[string]string
-		secrets map[string]string
-		want    []string // between the base and pier's own variables
-	}{
-		{"nothing", nil, nil, nil},
-		{"release env, sorted", map[string]string{"B": "2", "A": "1"}, nil, []string{"A=1", "B=2"}},
-		{"secrets, sorted", nil, map[string]string{"Z": "z", "K": "k"}, []string{"K=k", "Z=z"}},
-		{"secret overrides env", map[string]string{"DB": "plain", "X": "1"}, map[string]string{"DB": "sealed"}, []string{"X=1", "DB=sealed"}},
-		{"values with = and spaces", map[string]string{"Q": "a=b c"}, nil, []string{"Q=a=b c"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := pier.Release{App: "web", Version: 7, Config: pier.RunConfig{Env: tt.env}}
-			got := Env(r, tt.secrets)
-			base := baseEnv()
-			if len(got) != len(base)+len(tt.want)+2 {
-				t.Fatalf("Env = %q, want base %q + %q + pier's two", got, base, tt.want)
-			}
-			if !slices.Equal(got[:len(base)], base) {
-				t.Errorf("Env does not start with the base: %q", got)
-			}
-			if mid := got[len(base) : len(got)-2]; !slices.Equal(mid, tt.want) {
-				t.Errorf("app variables = %q, want %q", mid, tt.want)
-			}
-			if tail := got[len(got)-2:]; !slices.Equal(tail, []string{"PIER_APP_NAME=web", "PIER_RELEASE_VERSION=7"}) {
-				t.Errorf("pier's variables = %q, want them last", tail)
-			}
-			seen := map[string]bool{}
-			for _, kv := range got {
-				k, _, _ := strings.Cut(kv, "=")
-				if seen[k] {
-					t.Errorf("%s appears twice in %q", k, got)
-				}
-				seen[k] = true
-			}
-			if seen["PORT"] {
-				t.Errorf("Env sets PORT, which is the driver's to choose: %q", got)
-			}
-		})
-	}
-}
-
-func TestBaseEnvKeepsServerSettingsOut(t *testing.T) {
-	t.Setenv("PIER_TOKEN", "tok-very-secret")
-	t.Setenv("PIER_DATA_DIR", "/var/lib/pier")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "aws-very-secret")
-	t.Setenv("DATABASE_URL", "postgres://pier:pw@localhost/pier")
-	t.Setenv("LANG", "de_DE.ISO-8859-1")
-	t.Setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
-	t.Setenv("HOME", "/home/pier")
-	t.Setenv("TZ", "Europe/Berlin")
-
-	got := Env(pier.Release{App: "web", Version: 1}, nil)
-	allowed := map[string]bool{"LANG": true, "PATH": true, "HOME": true, "TMPDIR": true, "TZ": true,
-		"PIER_APP_NAME": true, "PIER_RELEASE_VERSION": true}
-	for _, kv := range got {
-		k, _, _ := strings.Cut(kv, "=")
-		if !allowed[k] {
-			t.Errorf("machine env has %s from the server's environment", kv)
-		}
-		if strings.Contains(kv, "very-secret") {
-			t.Errorf("machine env leaks %q", kv)
-		}
-	}
-	for _, want := range []string{"LANG=C.UTF-8", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/pier", "TZ=Europe/Berlin"} {
-		if !slices.Contains(got, want) {
-			t.Errorf("machine env %q lacks %s", got, want)
-		}
-	}
-	if v, ok := os.LookupEnv("TMPDIR"); ok && !slices.Contains(got, "TMPDIR="+v) {
-		t.Errorf("machine env %q lacks TMPDIR=%s", got, v)
 	}
 }

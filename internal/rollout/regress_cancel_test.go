@@ -1,4 +1,4 @@
-package supervisor
+package rollout
 
 import (
 	"context"
@@ -16,14 +16,14 @@ func TestRegressionDeployCancelled(t *testing.T) {
 			oldIDs, oldRoutes := deployOld(t, h, "web", 1)
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(100*time.Millisecond, cancel)
-			err := h.s.Deploy(ctx, rel("web", 2, "no-listen", strategy), nil, 2, func(string, ...any) {})
+			err := h.ro.Deploy(ctx, rel("web", 2, "no-listen", strategy), 2, func(string, ...any) {})
 			if !errors.Is(err, context.Canceled) {
 				t.Errorf("Deploy cancelled by its caller = %v, want context.Canceled", err)
 			}
 			if pier.KindOf(err) == pier.Failed {
 				t.Errorf("a cancelled deploy is reported as a failed release: %v", err)
 			}
-			t.Logf("routes after: %v machines: %+v", h.router.routed("web"), h.s.Machines("web"))
+			t.Logf("routes after: %v machines: %+v", h.router.routed("web"), h.mg.AppMachines("web"))
 			checkOldUntouched(t, h, "web", oldIDs, oldRoutes)
 		})
 	}

@@ -1,4 +1,8 @@
-package supervisor
+// Package appspec turns an app's release into the runtime spec of its
+// machines: the command that runs it, its environment, and, under an
+// isolating runtime, its root filesystem (the release's own image, or the
+// host's system directories with the release at /app).
+package appspec
 
 import (
 	"fmt"
@@ -109,7 +113,7 @@ const appUser = "65534:65534"
 // isolate turns the spec of a release machine into one for an isolating
 // runtime: the release read-only at /app, the host's system directories,
 // an unprivileged user, and a HOME and PATH of the machine's own.
-func (h *HostFS) isolate(spec runtime.Spec, static, deny bool) runtime.Spec {
+func (h *HostFS) Isolate(spec runtime.Spec, static, deny bool) runtime.Spec {
 	spec.Rootfs = []string{h.Base}
 	spec.Mounts = append(append([]runtime.Mount{}, h.Mounts...), runtime.Mount{Source: spec.Dir, Target: "/app", ReadOnly: true})
 	spec.WorkDir = "/app"
@@ -134,6 +138,6 @@ func (h *HostFS) isolate(spec runtime.Spec, static, deny bool) runtime.Spec {
 // ReleaseImage describes a release as a machine image: the host's system
 // directories with the release at /app, run as nobody.
 func (h *HostFS) ReleaseImage(artifact, start string, static bool) (rootfs string, mounts []runtime.Mount, cmd []string, env []string, workdir, user string) {
-	spec := h.isolate(runtime.Spec{Dir: artifact, Command: []string{"/bin/sh", "-c", start}}, static, false)
+	spec := h.Isolate(runtime.Spec{Dir: artifact, Command: []string{"/bin/sh", "-c", start}}, static, false)
 	return spec.Rootfs[0], spec.Mounts, spec.Command, spec.Env, spec.WorkDir, spec.User
 }
