@@ -11,9 +11,9 @@ import (
 	"testing"
 
 	"github.com/pier-dev/pier/internal/build"
+	"github.com/pier-dev/pier/internal/control/controltest"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/secrets"
-	"github.com/pier-dev/pier/internal/store"
 )
 
 // fakeMesh is the mesh's data plane and the edge proxy, recording calls.
@@ -44,11 +44,7 @@ func (m *fakeMesh) has(s string) bool {
 func newPlane(t *testing.T) (*Plane, *fakeMesh) {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.Open(context.Background(), filepath.Join(dir, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := controltest.Store(t)
 	keys, err := secrets.Load(filepath.Join(dir, "keys"))
 	if err != nil {
 		t.Fatal(err)

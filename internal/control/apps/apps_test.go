@@ -47,7 +47,7 @@ func TestScale(t *testing.T) {
 			}
 			stored, _ := e.store.App(ctx, "web")
 			var scaled []string
-			for _, d := range e.log.all() {
+			for _, d := range e.log.All() {
 				if strings.HasPrefix(d, "scale ") {
 					scaled = append(scaled, d)
 				}
@@ -82,8 +82,8 @@ func TestCreateApp(t *testing.T) {
 	if _, err := e.svc.CreateApp(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
-	if !e.log.has("proxy add web") || !e.log.has("service web") || !e.store.hasEvent("web app.create: app web created") {
-		t.Errorf("did %q, events %q", e.log.all(), e.store.events)
+	if !e.log.Has("proxy add web") || !e.log.Has("service web") || !e.store.hasEvent("web app.create: app web created") {
+		t.Errorf("did %q, events %q", e.log.All(), e.store.events)
 	}
 	e.parts.serviceErr = pier.Errorf(pier.Conflict, "the service subnet is full")
 	if _, err := e.svc.CreateApp(ctx, "api"); pier.KindOf(err) != pier.Conflict {
@@ -92,8 +92,8 @@ func TestCreateApp(t *testing.T) {
 	if _, err := e.store.App(ctx, "api"); pier.KindOf(err) != pier.NotFound {
 		t.Errorf("app kept after its address failed: %v", err)
 	}
-	if !e.log.has("proxy remove api") {
-		t.Errorf("did %q, want the proxy route removed", e.log.all())
+	if !e.log.Has("proxy remove api") {
+		t.Errorf("did %q, want the proxy route removed", e.log.All())
 	}
 }
 
@@ -109,7 +109,7 @@ func TestDestroyApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"proxy remove web", "stop web", "forget connections web", "forget metrics web", "remove builds web"}
-	if did := e.log.all(); !slices.Equal(did, want) {
+	if did := e.log.All(); !slices.Equal(did, want) {
 		t.Errorf("did %q, want %q", did, want)
 	}
 	if _, err := e.store.App(ctx, "web"); pier.KindOf(err) != pier.NotFound {
@@ -134,7 +134,7 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"proxy add new", "stop new", "proxy add web", "routes web", "reconcile web v2 x3"}
-	if did := e.log.all(); !slices.Equal(did, want) {
+	if did := e.log.All(); !slices.Equal(did, want) {
 		t.Errorf("did %q, want %q", did, want)
 	}
 }
@@ -172,13 +172,13 @@ func TestRestore(t *testing.T) {
 		ids, _ := e.store.MachineIDs(context.Background())
 		_, statErr := os.Stat(e.svc.TempDir)
 		if fail {
-			if len(ids) != 2 || e.log.has("sweep") {
-				t.Errorf("after a failed cleanup: machines %q, did %q", ids, e.log.all())
+			if len(ids) != 2 || e.log.Has("sweep") {
+				t.Errorf("after a failed cleanup: machines %q, did %q", ids, e.log.All())
 			}
 			continue
 		}
-		if len(ids) != 0 || !os.IsNotExist(statErr) || !e.log.has("sweep") {
-			t.Errorf("machines %q, temp dir %v, did %q: want all gone and builds swept", ids, statErr, e.log.all())
+		if len(ids) != 0 || !os.IsNotExist(statErr) || !e.log.Has("sweep") {
+			t.Errorf("machines %q, temp dir %v, did %q: want all gone and builds swept", ids, statErr, e.log.All())
 		}
 	}
 }

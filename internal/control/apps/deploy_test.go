@@ -4,10 +4,10 @@ import (
 	"context"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"testing"
 
+	"github.com/pier-dev/pier/internal/control/controltest"
 	"github.com/pier-dev/pier/internal/pier"
 )
 
@@ -72,17 +72,8 @@ func TestDeploy(t *testing.T) {
 			if !tc.wantErr && (rel.Version != 2 || rel.Status != pier.ReleaseActive || rel.Start != "./app") {
 				t.Errorf("returned %+v, want v2 active with the plan's start", rel)
 			}
-			did := e.log.all()
-			for _, w := range tc.did {
-				if !slices.Contains(did, w) {
-					t.Errorf("did %q, want %q", did, w)
-				}
-			}
-			for _, w := range tc.didNot {
-				if slices.Contains(did, w) {
-					t.Errorf("did %q, want no %q", did, w)
-				}
-			}
+			did := e.log.All()
+			controltest.Want(t, did, tc.did, tc.didNot)
 			if tc.event != "" && !e.store.hasEventPrefix(tc.event) {
 				t.Errorf("events %q, want %q", e.store.events, tc.event)
 			}
@@ -147,8 +138,8 @@ func TestRollback(t *testing.T) {
 			}
 			after, _ := e.store.App(ctx, "web")
 			if err != nil {
-				if after.Release != before.Release || len(e.log.all()) != 0 {
-					t.Errorf("a refused rollback changed the app (v%d -> v%d) or did %q", before.Release, after.Release, e.log.all())
+				if after.Release != before.Release || len(e.log.All()) != 0 {
+					t.Errorf("a refused rollback changed the app (v%d -> v%d) or did %q", before.Release, after.Release, e.log.All())
 				}
 				return
 			}
@@ -156,8 +147,8 @@ func TestRollback(t *testing.T) {
 			if rel.Version != len(rels)+1 || rel.BuildID != old.BuildID || rel.Description != "rollback to v"+strconv.Itoa(tc.want) || after.Release != rel.Version {
 				t.Errorf("rolled back to %+v (app at v%d), want a new release of v%d's build %s", rel, after.Release, tc.want, old.BuildID)
 			}
-			if !e.log.has("deploy web v" + strconv.Itoa(rel.Version) + " x1 (rollback to v" + strconv.Itoa(tc.want) + ")") {
-				t.Errorf("did %q", e.log.all())
+			if !e.log.Has("deploy web v" + strconv.Itoa(rel.Version) + " x1 (rollback to v" + strconv.Itoa(tc.want) + ")") {
+				t.Errorf("did %q", e.log.All())
 			}
 		})
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/pier-dev/pier/internal/appconfig"
 	"github.com/pier-dev/pier/internal/build"
 	"github.com/pier-dev/pier/internal/control/busy"
+	"github.com/pier-dev/pier/internal/control/controltest"
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/rollout"
@@ -27,26 +28,6 @@ import (
 )
 
 var errBoom = errors.New("boom")
-
-// journal records, in order, what the fakes were asked to do.
-type journal struct {
-	mu      sync.Mutex
-	entries []string
-}
-
-func (j *journal) add(format string, args ...any) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.entries = append(j.entries, fmt.Sprintf(format, args...))
-}
-
-func (j *journal) all() []string {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return slices.Clone(j.entries)
-}
-
-func (j *journal) has(e string) bool { return slices.Contains(j.all(), e) }
 
 // fakeStore keeps what store.Store keeps of apps, in memory, with its
 // rules: NotFound for missing apps and releases, versions numbered from 1
@@ -272,13 +253,13 @@ func (e *env) addRelease(t *testing.T, app, status string) pier.Release {
 
 // fakeBuilder builds into directories under dir.
 type fakeBuilder struct {
-	log  *journal
+	log  *controltest.Journal
 	dir  string
 	fail error
 }
 
 func (b *fakeBuilder) Build(ctx context.Context, app, src string, plan build.Plan, out io.Writer) (build.Result, error) {
-	b.log.add("build %s", app)
+	b.log.Add("build %s", app)
 	if b.fail != nil {
 		return build.Result{}, b.fail
 	}
@@ -288,32 +269,32 @@ func (b *fakeBuilder) Build(ctx context.Context, app, src string, plan build.Pla
 
 func (b *fakeBuilder) Path(app, id string) string { return filepath.Join(b.dir, app, id) }
 func (b *fakeBuilder) Isolated() bool             { return false }
-func (b *fakeBuilder) Sweep() (int, error)        { b.log.add("sweep"); return 0, nil }
+func (b *fakeBuilder) Sweep() (int, error)        { b.log.Add("sweep"); return 0, nil }
 func (b *fakeBuilder) Remove(app string) error {
-	b.log.add("remove builds %s", app)
+	b.log.Add("remove builds %s", app)
 	return os.RemoveAll(filepath.Join(b.dir, app))
 }
 
 // fakeRollout records what it runs; Deploy fails with fail.
 type fakeRollout struct {
-	log  *journal
+	log  *controltest.Journal
 	fail error
 }
 
 func (r *fakeRollout) Deploy(ctx context.Context, rel pier.Release, count int, report rollout.Progress) error {
-	r.log.add("deploy %s v%d x%d (%s)", rel.App, rel.Version, count, rel.Description)
+	r.log.Add("deploy %s v%d x%d (%s)", rel.App, rel.Version, count, rel.Description)
 	return r.fail
 }
 
 func (r *fakeRollout) Scale(ctx context.Context, rel pier.Release, n int) error {
-	r.log.add("scale %s v%d to %d", rel.App, rel.Version, n)
+	r.log.Add("scale %s v%d to %d", rel.App, rel.Version, n)
 	return nil
 }
 
-func (r *fakeRollout) StopApp(app string) { r.log.add("stop %s", app) }
+func (r *fakeRollout) StopApp(app string) { r.log.Add("stop %s", app) }
 
 func (r *fakeRollout) Reconcile(ctx context.Context, rel pier.Release, count int) (int, int, error) {
-	r.log.add("reconcile %s v%d x%d", rel.App, rel.Version, count)
+	r.log.Add("reconcile %s v%d x%d", rel.App, rel.Version, count)
 	return count, 0, nil
 }
 
@@ -332,7 +313,7 @@ func (f fakeSpecs) Isolated() bool { return f.isolated }
 // fakeParts is the rest of what apps uses, each recording into the
 // journal: proxy, mesh, routes, metrics and connections.
 type fakeParts struct {
-	log *journal
+	log *controltest.Journal
 	// connection environment and host ports; failures of AddService and
 	// of the declared connections
 	env        []string
@@ -341,14 +322,14 @@ type fakeParts struct {
 	declareErr error
 }
 
-func (f *fakeParts) AddApp(app string)    { f.log.add("proxy add %s", app) }
-func (f *fakeParts) RemoveApp(app string) { f.log.add("proxy remove %s", app) }
+func (f *fakeParts) AddApp(app string)    { f.log.Add("proxy add %s", app) }
+func (f *fakeParts) RemoveApp(app string) { f.log.Add("proxy remove %s", app) }
 func (f *fakeParts) AddService(ctx context.Context, app string) error {
-	f.log.add("service %s", app)
+	f.log.Add("service %s", app)
 	return f.serviceErr
 }
-func (f *fakeParts) SetRoutes(app string, routes []pier.Route) { f.log.add("routes %s", app) }
-func (f *fakeParts) Forget(app string)                         { f.log.add("forget metrics %s", app) }
+func (f *fakeParts) SetRoutes(app string, routes []pier.Route) { f.log.Add("routes %s", app) }
+func (f *fakeParts) Forget(app string)                         { f.log.Add("forget metrics %s", app) }
 
 // fakeConns is the connections service.
 type fakeConns struct{ *fakeParts }
@@ -359,13 +340,13 @@ func (c fakeConns) CheckDeclared(ctx context.Context, app string, decls []appcon
 	return c.declareErr
 }
 func (c fakeConns) GrantDeclared(ctx context.Context, app string, decls []appconfig.Connection, out io.Writer) (func(), func(context.Context), error) {
-	c.log.add("grant declared %s", app)
+	c.log.Add("grant declared %s", app)
 	if c.declareErr != nil {
 		return nil, nil, c.declareErr
 	}
-	return func() { c.log.add("undo declared %s", app) }, func(context.Context) { c.log.add("declared live %s", app) }, nil
+	return func() { c.log.Add("undo declared %s", app) }, func(context.Context) { c.log.Add("declared live %s", app) }, nil
 }
-func (c fakeConns) Forget(ctx context.Context, app string) { c.log.add("forget connections %s", app) }
+func (c fakeConns) Forget(ctx context.Context, app string) { c.log.Add("forget connections %s", app) }
 
 // env is a Service on fakes, with a real keyring, log hub and lock table.
 type env struct {
@@ -374,14 +355,14 @@ type env struct {
 	builder *fakeBuilder
 	rollout *fakeRollout
 	parts   *fakeParts
-	log     *journal
+	log     *controltest.Journal
 	busy    *busy.Table
 	keys    *secrets.Keyring
 }
 
 func newEnv(t *testing.T, apps ...string) *env {
 	t.Helper()
-	j := &journal{}
+	j := &controltest.Journal{}
 	dir := t.TempDir()
 	keys, err := secrets.Load(filepath.Join(dir, "keys"))
 	if err != nil {

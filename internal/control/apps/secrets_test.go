@@ -39,8 +39,8 @@ func TestSetSecrets(t *testing.T) {
 			}
 			sealed, infos, _ := e.store.Secrets(ctx, "web")
 			if err != nil {
-				if len(sealed) != 0 || len(e.log.all()) != 0 {
-					t.Errorf("a refused set stored %+v and did %q", infos, e.log.all())
+				if len(sealed) != 0 || len(e.log.All()) != 0 {
+					t.Errorf("a refused set stored %+v and did %q", infos, e.log.All())
 				}
 				return
 			}
@@ -54,13 +54,13 @@ func TestSetSecrets(t *testing.T) {
 				}
 			}
 			if tc.roll == "" {
-				if rel != nil || len(e.log.all()) != 0 {
-					t.Errorf("release %+v, did %q: want no roll", rel, e.log.all())
+				if rel != nil || len(e.log.All()) != 0 {
+					t.Errorf("release %+v, did %q: want no roll", rel, e.log.All())
 				}
 				return
 			}
-			if !e.log.has(tc.roll) || rel == nil || rel.Version != 2 {
-				t.Errorf("did %q, release %+v: want %q", e.log.all(), rel, tc.roll)
+			if !e.log.Has(tc.roll) || rel == nil || rel.Version != 2 {
+				t.Errorf("did %q, release %+v: want %q", e.log.All(), rel, tc.roll)
 			}
 		})
 	}
@@ -87,8 +87,8 @@ func TestUnsetSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, infos, _ := e.store.Secrets(ctx, "web")
-	if len(infos) != 1 || infos[0].Name != "B" || !e.log.has("deploy web v3 x1 (secrets unset A)") {
-		t.Errorf("secrets %+v, did %q", infos, e.log.all())
+	if len(infos) != 1 || infos[0].Name != "B" || !e.log.Has("deploy web v3 x1 (secrets unset A)") {
+		t.Errorf("secrets %+v, did %q", infos, e.log.All())
 	}
 	if !slices.Contains(e.store.events, "web secrets: secrets unset A") {
 		t.Errorf("events %q", e.store.events)

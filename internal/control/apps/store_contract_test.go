@@ -2,11 +2,11 @@ package apps
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/pier-dev/pier/internal/control/controltest"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/store"
 )
@@ -15,11 +15,7 @@ import (
 // the fake and the real one.
 func TestFakeStoreIsStore(t *testing.T) {
 	ctx := context.Background()
-	real, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer real.Close()
+	real := controltest.Store(t)
 	for name, s := range map[string]Store{"fake": newFakeStore(), "real": real} {
 		t.Run(name, func(t *testing.T) {
 			if err := s.CreateApp(ctx, pier.App{Name: "web", Count: 1, CreatedAt: time.Now()}); err != nil {

@@ -26,8 +26,8 @@ func TestConnect(t *testing.T) {
 		t.Errorf("connection %+v: want readwrite as db, with DB_URL", conn)
 	}
 	for _, w := range []string{"grant db web readwrite", "reroll web: connect db (readwrite)"} {
-		if !e.log.has(w) {
-			t.Errorf("did %q, want %q", e.log.all(), w)
+		if !e.log.Has(w) {
+			t.Errorf("did %q, want %q", e.log.All(), w)
 		}
 	}
 	row, err := e.store.Connection(ctx, "web", "db")
@@ -99,12 +99,12 @@ func TestConnectRefused(t *testing.T) {
 				unlock, _ := e.busy.Lock("web", "a deploy")
 				defer unlock()
 			}
-			before := len(e.log.all())
+			before := len(e.log.All())
 			_, err := e.svc.Connect(ctx, tc.app, tc.target, tc.access, tc.as, io.Discard)
 			if pier.KindOf(err) != tc.kind {
 				t.Fatalf("error %v (%v), want kind %v", err, pier.KindOf(err), tc.kind)
 			}
-			if did := e.log.all()[before:]; len(did) != 0 {
+			if did := e.log.All()[before:]; len(did) != 0 {
 				t.Errorf("did %q, want nothing", did)
 			}
 			if conns, _ := e.store.Connections(ctx, "web", ""); len(conns) != 1 || conns[0].Target != "db" {
@@ -129,8 +129,8 @@ func TestConnectRollFails(t *testing.T) {
 			if _, err := e.svc.Connect(context.Background(), "web", "db", "", "", io.Discard); err == nil {
 				t.Fatal("no error")
 			}
-			if !e.log.has("revoke db web") {
-				t.Errorf("did %q, want the grant revoked", e.log.all())
+			if !e.log.Has("revoke db web") {
+				t.Errorf("did %q, want the grant revoked", e.log.All())
 			}
 			st, ok := e.store.connStatus("web", "db")
 			switch {
@@ -172,11 +172,11 @@ func TestDisconnect(t *testing.T) {
 			if tc.rollFails {
 				e.apps.fail = errBoom
 			}
-			before := len(e.log.all())
+			before := len(e.log.All())
 			if err := e.svc.Disconnect(context.Background(), "web", tc.target, io.Discard); err != nil {
 				t.Fatal(err)
 			}
-			did := e.log.all()[before:]
+			did := e.log.All()[before:]
 			i := 0
 			for _, d := range did {
 				if i < len(tc.want) && d == tc.want[i] {
@@ -221,12 +221,12 @@ func TestDeclared(t *testing.T) {
 				e.create(t, "cache")
 				e.create(t, "new2")
 				e.connect(t, "web", "db")
-				before := len(e.log.all())
+				before := len(e.log.All())
 				err := e.svc.CheckDeclared(ctx, "web", tc.decls)
 				if pier.KindOf(err) != tc.kind {
 					t.Errorf("error %v, want kind %v", err, tc.kind)
 				}
-				if did := e.log.all()[before:]; len(did) != 0 {
+				if did := e.log.All()[before:]; len(did) != 0 {
 					t.Errorf("did %q, want nothing", did)
 				}
 			})
@@ -242,11 +242,11 @@ func TestDeclared(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := countOf(e.log.all(), "grant db web readwrite"); n != 1 {
-			t.Errorf("did %q: db granted again", e.log.all())
+		if n := e.log.Count("grant db web readwrite"); n != 1 {
+			t.Errorf("did %q: db granted again", e.log.All())
 		}
-		if !e.log.has("grant cache web read") {
-			t.Errorf("did %q, want cache granted read", e.log.all())
+		if !e.log.Has("grant cache web read") {
+			t.Errorf("did %q, want cache granted read", e.log.All())
 		}
 		done(ctx)
 		if !slices.Contains(e.store.eventsOf("resource/cache"), "connect: web connected with read access") {
@@ -264,8 +264,8 @@ func TestDeclared(t *testing.T) {
 		if err == nil {
 			t.Fatal("no error")
 		}
-		if !e.log.has("revoke db web") {
-			t.Errorf("did %q, want db's grant revoked", e.log.all())
+		if !e.log.Has("revoke db web") {
+			t.Errorf("did %q, want db's grant revoked", e.log.All())
 		}
 		if conns, _ := e.store.Connections(ctx, "web", ""); len(conns) != 0 {
 			t.Errorf("connections %+v, want none", conns)
@@ -287,8 +287,8 @@ func TestDeclared(t *testing.T) {
 		if conns, _ := e.store.Connections(ctx, "web", ""); len(conns) != 0 {
 			t.Errorf("after undo: connections %+v, want none", conns)
 		}
-		if !e.log.has("revoke db web") || !e.log.has("revoke cache web") {
-			t.Errorf("did %q, want both revoked", e.log.all())
+		if !e.log.Has("revoke db web") || !e.log.Has("revoke cache web") {
+			t.Errorf("did %q, want both revoked", e.log.All())
 		}
 		if got := e.store.eventsOf("web"); len(got) != 0 {
 			t.Errorf("events %q, want none", got)
@@ -307,8 +307,8 @@ func TestForget(t *testing.T) {
 	e.connect(t, "api", "web")
 	e.svc.Forget(ctx, "web")
 	for _, w := range []string{"revoke db web", "deny web->api", "deny api->web", "unserve web"} {
-		if !e.log.has(w) {
-			t.Errorf("did %q, want %q", e.log.all(), w)
+		if !e.log.Has(w) {
+			t.Errorf("did %q, want %q", e.log.All(), w)
 		}
 	}
 	for _, target := range []string{"db", "api"} {

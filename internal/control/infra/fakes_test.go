@@ -18,33 +18,12 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/internal/control/busy"
+	"github.com/pier-dev/pier/internal/control/controltest"
 	"github.com/pier-dev/pier/internal/pier"
 	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/secrets"
 	"github.com/pier-dev/pier/internal/store"
 )
-
-// journal records, in order, what the fakes were asked to do that the
-// tests check the order of: "reroll web", "deny web->api", "revoke db web".
-type journal struct {
-	mu      sync.Mutex
-	entries []string
-}
-
-func (j *journal) add(format string, args ...any) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.entries = append(j.entries, fmt.Sprintf(format, args...))
-}
-
-func (j *journal) all() []string {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return slices.Clone(j.entries)
-}
-
-// has says whether an entry was recorded.
-func (j *journal) has(entry string) bool { return slices.Contains(j.all(), entry) }
 
 type event struct{ subject, typ, msg string }
 
@@ -316,7 +295,7 @@ func (s *fakeStore) resourceStatus(name string) (resources.Status, bool) {
 // Grant makes credentials naming the app; Revoke wants them back. fail
 // makes an operation fail until cleared.
 type fakeDriver struct {
-	log  *journal
+	log  *controltest.Journal
 	mu   sync.Mutex
 	fail map[string]error // "provision", "start", "destroy", "grant", "revoke", or one of those and a resource: "grant db"
 }
@@ -356,7 +335,7 @@ func (d *fakeDriver) Info() resources.TypeInfo {
 }
 
 func (d *fakeDriver) Provision(ctx context.Context, inst resources.Instance) (map[string]string, error) {
-	d.log.add("provision %s", inst.Name)
+	d.log.Add("provision %s", inst.Name)
 	if err := d.failure("provision", inst.Name); err != nil {
 		return nil, err
 	}
@@ -364,22 +343,22 @@ func (d *fakeDriver) Provision(ctx context.Context, inst resources.Instance) (ma
 }
 
 func (d *fakeDriver) Start(ctx context.Context, inst resources.Instance) error {
-	d.log.add("start %s", inst.Name)
+	d.log.Add("start %s", inst.Name)
 	return d.failure("start", inst.Name)
 }
 
 func (d *fakeDriver) Stop(ctx context.Context, inst resources.Instance) error {
-	d.log.add("stop %s", inst.Name)
+	d.log.Add("stop %s", inst.Name)
 	return nil
 }
 
 func (d *fakeDriver) Destroy(ctx context.Context, inst resources.Instance) error {
-	d.log.add("destroy %s", inst.Name)
+	d.log.Add("destroy %s", inst.Name)
 	return d.failure("destroy", inst.Name)
 }
 
 func (d *fakeDriver) Grant(ctx context.Context, inst resources.Instance, g resources.Grant) (resources.Credentials, error) {
-	d.log.add("grant %s %s %s", inst.Name, g.App, g.Access)
+	d.log.Add("grant %s %s %s", inst.Name, g.App, g.Access)
 	if err := d.failure("grant", inst.Name); err != nil {
 		return nil, err
 	}
@@ -391,30 +370,30 @@ func (d *fakeDriver) Revoke(ctx context.Context, inst resources.Instance, g reso
 	if c["user"] != g.App {
 		return fmt.Errorf("revoke %s: credentials of %q", g.App, c["user"])
 	}
-	d.log.add("revoke %s %s", inst.Name, g.App)
+	d.log.Add("revoke %s %s", inst.Name, g.App)
 	return d.failure("revoke", inst.Name)
 }
 
 func (d *fakeDriver) Backup(ctx context.Context, inst resources.Instance, w io.Writer) error {
-	d.log.add("backup %s", inst.Name)
+	d.log.Add("backup %s", inst.Name)
 	_, err := io.WriteString(w, "dump of "+inst.Name)
 	return err
 }
 
 func (d *fakeDriver) Restore(ctx context.Context, inst resources.Instance, r io.Reader) error {
 	b, err := io.ReadAll(r)
-	d.log.add("restore %s from %q", inst.Name, b)
+	d.log.Add("restore %s from %q", inst.Name, b)
 	return err
 }
 
 // fakeApps is the apps service: Reroll records the roll, or fails.
 type fakeApps struct {
-	log  *journal
+	log  *controltest.Journal
 	fail error
 }
 
 func (a *fakeApps) Reroll(ctx context.Context, app, desc string, out io.Writer) (*pier.Release, error) {
-	a.log.add("reroll %s: %s", app, desc)
+	a.log.Add("reroll %s: %s", app, desc)
 	if a.fail != nil {
 		return nil, a.fail
 	}
@@ -423,14 +402,14 @@ func (a *fakeApps) Reroll(ctx context.Context, app, desc string, out io.Writer) 
 
 // fakeCalls is the mesh's call policy, with or without a mesh.
 type fakeCalls struct {
-	log     *journal
+	log     *controltest.Journal
 	enabled bool
 }
 
 func (c *fakeCalls) Enabled() bool            { return c.enabled }
-func (c *fakeCalls) Allow(src, dst string)    { c.log.add("allow %s->%s", src, dst) }
-func (c *fakeCalls) Deny(src, dst string)     { c.log.add("deny %s->%s", src, dst) }
-func (c *fakeCalls) RemoveService(app string) { c.log.add("unserve %s", app) }
+func (c *fakeCalls) Allow(src, dst string)    { c.log.Add("allow %s->%s", src, dst) }
+func (c *fakeCalls) Deny(src, dst string)     { c.log.Add("deny %s->%s", src, dst) }
+func (c *fakeCalls) RemoveService(app string) { c.log.Add("unserve %s", app) }
 
 // env is a Service on fakes, with a real keyring and resource registry,
 // its directories in a temporary one.
@@ -440,13 +419,13 @@ type env struct {
 	driver *fakeDriver
 	apps   *fakeApps
 	calls  *fakeCalls
-	log    *journal
+	log    *controltest.Journal
 	busy   *busy.Table
 }
 
 func newEnv(t *testing.T, apps ...string) *env {
 	t.Helper()
-	j := &journal{}
+	j := &controltest.Journal{}
 	d := &fakeDriver{log: j, fail: map[string]error{}}
 	reg, err := resources.NewRegistry(d)
 	if err != nil {

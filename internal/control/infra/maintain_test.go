@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pier-dev/pier/internal/control/controltest"
 	"github.com/pier-dev/pier/internal/resources"
 	"github.com/pier-dev/pier/internal/store"
 )
@@ -132,22 +133,13 @@ func TestStartResourcesRecovery(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, "web", "api")
 			tc.setup(t, e)
-			before := len(e.log.all())
+			before := len(e.log.All())
 			eventsBefore := len(e.store.events)
 			if err := e.svc.StartResources(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			did := e.log.all()[before:]
-			for _, w := range tc.did {
-				if !slices.Contains(did, w) {
-					t.Errorf("did %q, want %q among them", did, w)
-				}
-			}
-			for _, w := range tc.didNot {
-				if slices.Contains(did, w) {
-					t.Errorf("did %q, want no %q", did, w)
-				}
-			}
+			did := e.log.All()[before:]
+			controltest.Want(t, did, tc.did, tc.didNot)
 			if st, _ := e.store.resourceStatus("db"); st != tc.db {
 				t.Errorf("resource db: %q, want %q", st, tc.db)
 			}
@@ -197,7 +189,7 @@ func TestRunResourcesRetriesRevokes(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); e.svc.RunResources(ctx, time.Millisecond) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, "a retried revoke", func() bool { return countOf(e.log.all(), "revoke db web") >= 2 })
+	waitFor(t, "a retried revoke", func() bool { return e.log.Count("revoke db web") >= 2 })
 	if _, ok := e.store.connStatus("web", "db"); !ok {
 		t.Fatal("the connection went while its revoke failed")
 	}
@@ -221,7 +213,7 @@ func TestRunResourcesRestartsDown(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); e.svc.RunResources(ctx, time.Millisecond) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, "three start attempts", func() bool { return countOf(e.log.all(), "start db") >= 3 })
+	waitFor(t, "three start attempts", func() bool { return e.log.Count("start db") >= 3 })
 	e.driver.setFail("start", nil)
 	waitFor(t, "the up event", func() bool { return contains(e.store.eventsOf("resource/db"), "resource.up") })
 	cancel()
@@ -239,17 +231,7 @@ func TestRunResourcesRestartsDown(t *testing.T) {
 	if down != 1 || up != 1 {
 		t.Errorf("events %q: want one down and one up", e.store.eventsOf("resource/db"))
 	}
-	if n := countOf(e.log.all(), "start new"); n != 0 {
+	if n := e.log.Count("start new"); n != 0 {
 		t.Errorf("started a resource being created %d times", n)
 	}
-}
-
-func countOf(list []string, s string) int {
-	n := 0
-	for _, l := range list {
-		if l == s {
-			n++
-		}
-	}
-	return n
 }

@@ -45,7 +45,7 @@ func TestCreateResource(t *testing.T) {
 			if pier.KindOf(err) != tc.kind || (tc.kind == 0) != (err == nil) {
 				t.Fatalf("error %v (%v), want kind %v", err, pier.KindOf(err), tc.kind)
 			}
-			if got := e.log.has("provision " + tc.res); got != tc.provisioned {
+			if got := e.log.Has("provision " + tc.res); got != tc.provisioned {
 				t.Errorf("provisioned %v, want %v", got, tc.provisioned)
 			}
 			row, rerr := e.store.Resource(ctx, tc.res)
@@ -53,8 +53,8 @@ func TestCreateResource(t *testing.T) {
 				if rerr == nil {
 					t.Errorf("stored %+v after a failed create", row)
 				}
-				if tc.provisioned && !e.log.has("destroy "+tc.res) {
-					t.Errorf("did %q: a failed provisioning not destroyed", e.log.all())
+				if tc.provisioned && !e.log.Has("destroy "+tc.res) {
+					t.Errorf("did %q: a failed provisioning not destroyed", e.log.All())
 				}
 				if _, err := os.Stat(e.svc.resourceDir(tc.res)); !os.IsNotExist(err) {
 					t.Errorf("directory left: %v", err)
@@ -143,7 +143,7 @@ func TestDeleteResource(t *testing.T) {
 			if st, _ := e.store.connStatus("web", "db"); st != tc.conn {
 				t.Errorf("web -> db %q, want %q", st, tc.conn)
 			}
-			if got := e.log.has("destroy db"); got != tc.destroyed {
+			if got := e.log.Has("destroy db"); got != tc.destroyed {
 				t.Errorf("destroyed %v, want %v", got, tc.destroyed)
 			}
 			_, statErr := os.Stat(e.svc.backupDir("db"))
@@ -173,8 +173,8 @@ func TestBackups(t *testing.T) {
 	if err := e.svc.RestoreBackup(ctx, "db", b.ID, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if !e.log.has(`restore db from "dump of db"`) {
-		t.Errorf("did %q, want a restore from the backup's file", e.log.all())
+	if !e.log.Has(`restore db from "dump of db"`) {
+		t.Errorf("did %q, want a restore from the backup's file", e.log.All())
 	}
 	if err := e.svc.RestoreBackup(ctx, "db", "nope", io.Discard); pier.KindOf(err) != pier.NotFound {
 		t.Errorf("restore of an unknown backup: %v", err)
@@ -222,13 +222,13 @@ func TestScheduledBackups(t *testing.T) {
 	if sched != 2 || manual != 1 || bs[0].Trigger != "schedule" || strings.HasPrefix(bs[0].ID, "old") {
 		t.Errorf("backups %+v: want a new scheduled one, one old kept, the manual one", bs)
 	}
-	if n := countOf(e.log.all(), "backup plain"); n != 0 {
+	if n := e.log.Count("backup plain"); n != 0 {
 		t.Errorf("backed up a resource without a schedule %d times", n)
 	}
 
-	before := countOf(e.log.all(), "backup db")
+	before := e.log.Count("backup db")
 	e.svc.scheduledBackups(ctx, time.Now())
-	if n := countOf(e.log.all(), "backup db"); n != before {
+	if n := e.log.Count("backup db"); n != before {
 		t.Errorf("a second round on the same day took %d more", n-before)
 	}
 }
