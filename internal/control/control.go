@@ -62,10 +62,10 @@ type Mesh interface {
 	SetRoutes(app string, routes []pier.Route)
 }
 
-// Plane is the control plane. Its fields may be set until it is first
-// used, and some after (the server sets Mesh, Images and AppDestroyed once
-// MoveResourceDirs ran): each call wires the services from them as they
-// are.
+// Plane is the control plane. Each call wires the services from its
+// fields as they are then, so they may be set after its first use (the
+// server sets Mesh, Images and AppDestroyed once MoveResourceDirs ran),
+// though not while calls run.
 type Plane struct {
 	Store   *store.Store
 	Builder *build.Builder
