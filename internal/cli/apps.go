@@ -43,7 +43,7 @@ func (e *env) appsCmd() *cobra.Command {
 				if a.Release > 0 {
 					rel = fmt.Sprintf("v%d", a.Release)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\n", a.Name, rel, len(a.Machines), a.Count, a.URL)
+				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\n", a.Name, rel, running(a.Machines), a.Count, a.URL)
 			}
 			return tw.Flush()
 		},

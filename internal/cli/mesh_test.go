@@ -218,6 +218,12 @@ func fakeAPI(t *testing.T) {
 			v = sampleTop()
 		case "/v1/mesh/identities/web":
 			v = sampleIdentity(true)
+		case "/v1/apps/sleepy": // idle: its machine is stopped, kept for the next request
+			v = map[string]any{"name": "sleepy", "count": 1, "release": 1, "url": "http://sleepy.localhost/",
+				"machines": []map[string]any{{"id": "5c0ffee", "app": "sleepy", "release": 1, "state": "stopped"}}}
+		case "/v1/apps":
+			v = []map[string]any{{"name": "sleepy", "count": 1, "release": 1, "url": "http://sleepy.localhost/",
+				"machines": []map[string]any{{"id": "5c0ffee", "app": "sleepy", "release": 1, "state": "stopped"}}}}
 		default:
 			http.Error(w, `{"error":"not found"}`, http.StatusNotFound)
 			return
@@ -243,6 +249,9 @@ func TestCommandsAgainstAPI(t *testing.T) {
 		{[]string{"top", "web"}, []string{"web, last 10s", "/users/:id", "m-9ab0"}},
 		{[]string{"top", "web", "--json"}, []string{`"paths"`, `"machines"`}},
 		{[]string{"mesh", "identity", "web"}, []string{"spiffe://pier.internal/app/web", "c0ffee01"}},
+		// Stopped machines are listed but do not count as running.
+		{[]string{"status", "-a", "sleepy"}, []string{"Machines: 1 wanted, 0 running", "5c0ffee", "stopped"}},
+		{[]string{"apps", "list"}, []string{"sleepy", "0/1"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer

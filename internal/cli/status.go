@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pier-dev/pier/internal/pier"
 )
 
 func (e *env) statusCmd() *cobra.Command {
@@ -34,7 +36,7 @@ func (e *env) statusCmd() *cobra.Command {
 			} else {
 				fmt.Fprintf(e.stdout, "Release:  none yet (run `pier deploy`)\n")
 			}
-			fmt.Fprintf(e.stdout, "Machines: %d wanted, %d running\n\n", st.Count, len(st.Machines))
+			fmt.Fprintf(e.stdout, "Machines: %d wanted, %d running\n\n", st.Count, running(st.Machines))
 			if len(st.Machines) == 0 {
 				return nil
 			}
@@ -53,6 +55,18 @@ func (e *env) statusCmd() *cobra.Command {
 	e.addAppFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// running counts the machines that are started (an idle app's stopped
+// machines are listed too).
+func running(ms []pier.Machine) int {
+	n := 0
+	for _, m := range ms {
+		if m.State == pier.MachineStarted {
+			n++
+		}
+	}
+	return n
 }
 
 func ago(t time.Time) string {
