@@ -97,6 +97,13 @@ func (s *Service) removeCallers(ctx context.Context, app string) {
 		if c.Kind != "app" {
 			continue
 		}
+		// Marked first: DeleteRevoked removes only rows being revoked, and
+		// a row left behind would let a later app of the same name be
+		// called by these callers (a crash here is finished at start).
+		if err := s.Store.SetConnectionStatus(ctx, c.App, c.Target, store.ConnRevoking); err != nil {
+			s.Log.Error("remove caller", "app", c.App, "callee", app, "err", err)
+			continue
+		}
 		if err := s.finishCallRevoke(ctx, c); err != nil {
 			s.Log.Error("remove caller", "app", c.App, "callee", app, "err", err)
 			continue

@@ -316,8 +316,11 @@ func TestForget(t *testing.T) {
 			t.Errorf("web -> %s still stored (%q)", target, st)
 		}
 	}
-	// The caller's row api -> web is not marked revoking before
-	// DeleteRevoked, so it stays; the split keeps that as it was.
+	// The caller's row goes too: a later app named web must not be
+	// callable by api on the strength of it.
+	if st, ok := e.store.connStatus("api", "web"); ok {
+		t.Errorf("caller's connection api -> web still stored (%q)", st)
+	}
 	if !slices.Contains(e.store.eventsOf("resource/db"), "disconnect: web was destroyed; its credentials were revoked") {
 		t.Errorf("events of db %q", e.store.eventsOf("resource/db"))
 	}
