@@ -101,6 +101,10 @@ func TestAppAndAPIMachinesShareOneLifecycle(t *testing.T) {
 	if want := fmt.Sprintf("life %s\n65534\n", appID); res.Stdout != want {
 		t.Errorf("exec on the app's machine printed %q, want %q", res.Stdout, want)
 	}
+	// The CLI's way in, as `fly ssh console -C` is.
+	if out := s.mustPier("machines", "exec", appID, "-a", "life", "--", "sh", "-c", "echo $PIER_APP_NAME v$PIER_RELEASE_VERSION"); out != "life v1\n" {
+		t.Errorf("pier machines exec on the app's machine printed %q", out)
+	}
 
 	// kill -9 of each main process: both come back, same id, new process.
 	appPID, apiPID := s.status("life").Machines[0].PID, s.runcPID(api.ID)
