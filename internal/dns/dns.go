@@ -62,6 +62,11 @@ type Config struct {
 	TTL time.Duration
 	// Log receives the server's messages (default: discarded).
 	Log *slog.Logger
+	// PacketConn and Listener, when both set, are the UDP and TCP sockets
+	// to serve on instead of binding addr (a graceful restart hands them
+	// from one server to the next, so queries wait instead of failing).
+	PacketConn net.PacketConn
+	Listener   net.Listener
 }
 
 // MaxAttempts is how many upstreams a forwarded query tries at most.
@@ -107,9 +112,12 @@ func Listen(ctx context.Context, addr string, c Config) (*Server, error) {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
-	pc, l, err := listenBoth(addr)
-	if err != nil {
-		return nil, fmt.Errorf("dns: listen on %s: %w", addr, err)
+	pc, l := c.PacketConn, c.Listener
+	if pc == nil || l == nil {
+		var err error
+		if pc, l, err = listenBoth(addr); err != nil {
+			return nil, fmt.Errorf("dns: listen on %s: %w", addr, err)
+		}
 	}
 	s := &Server{cfg: c, addr: pc.LocalAddr().String(), ttl: uint32(c.TTL.Round(time.Second) / time.Second), done: make(chan struct{})}
 	s.fwd = newForwarder(c, s.addr)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,6 +113,12 @@ func TestGracefulRestartUnderLoad(t *testing.T) {
 	t.Logf("graceful restart under load: %d requests ok, %d failed; the hand-over took %s", ok.Load(), failed.Load(), took.Round(time.Millisecond))
 	if failed.Load() != 0 {
 		t.Errorf("%d requests failed during the graceful restart, e.g. %v", failed.Load(), failures[:min(5, len(failures))])
+	}
+	// The mesh's port and the machines' name server went over too, so
+	// calls between apps and lookups wait instead of being refused.
+	if log := s.log.String(); !strings.Contains(log, "handed the sockets to the new server") ||
+		!regexp.MustCompile(`sockets=\S*mesh`).MatchString(log) || !regexp.MustCompile(`sockets=\S*dns-udp`).MatchString(log) {
+		t.Errorf("the server log does not show the mesh and DNS sockets handed over")
 	}
 	newPID := s.pid()
 	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", newPID)); err != nil || exe != bin {

@@ -40,11 +40,31 @@ func (n names) Machine(app, id string) (netip.Addr, bool) {
 // machines on the driver's gateway, port 53, and forwards other names to
 // the host's resolvers for machines allowed outbound. It runs until ctx
 // ends.
-func machineDNS(ctx context.Context, d *runc.Driver, n names, log *slog.Logger) (*dns.Server, error) {
+// Its sockets are the ones a previous server handed over (a graceful
+// restart), else new ones; they are returned for the next hand-over.
+func machineDNS(ctx context.Context, d *runc.Driver, n names, in inherited, log *slog.Logger) (map[string]filer, error) {
 	addr := net.JoinHostPort(d.Gateway().String(), "53")
-	srv, err := dns.Listen(ctx, addr, dns.Config{Names: n, Allow: d.Source, Log: log})
-	if err != nil {
-		return nil, fmt.Errorf("machines' name server on %s: %w (another DNS server may listen on all addresses, e.g. dnsmasq: bind it to loopback only)", addr, err)
+	fail := func(err error) error {
+		return fmt.Errorf("machines' name server on %s: %w (another DNS server may listen on all addresses, e.g. dnsmasq: bind it to loopback only)", addr, err)
 	}
-	return srv, nil
+	pc, err := in.listenPacket("dns-udp", addr)
+	if err != nil {
+		return nil, fail(err)
+	}
+	l, err := in.listen("dns-tcp", addr)
+	if err != nil {
+		pc.Close()
+		return nil, fail(err)
+	}
+	if _, err := dns.Listen(ctx, addr, dns.Config{Names: n, Allow: d.Source, Log: log, PacketConn: pc, Listener: l}); err != nil {
+		return nil, fail(err)
+	}
+	socks := map[string]filer{}
+	if u, ok := pc.(*net.UDPConn); ok {
+		socks["dns-udp"] = u
+	}
+	if t, ok := l.(*net.TCPListener); ok {
+		socks["dns-tcp"] = t
+	}
+	return socks, nil
 }

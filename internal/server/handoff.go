@@ -70,6 +70,23 @@ func (in inherited) listen(name, addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
+// listenPacket returns the UDP socket handed over under name when it is
+// bound to addr, else a new one.
+func (in inherited) listenPacket(name, addr string) (net.PacketConn, error) {
+	if f, ok := in[name]; ok {
+		delete(in, name)
+		pc, err := net.FilePacketConn(f)
+		f.Close()
+		if err == nil && sameAddr(&net.TCPAddr{IP: pc.LocalAddr().(*net.UDPAddr).IP, Port: pc.LocalAddr().(*net.UDPAddr).Port}, addr) {
+			return pc, nil
+		}
+		if pc != nil {
+			pc.Close()
+		}
+	}
+	return net.ListenPacket("udp", addr)
+}
+
 // close closes the inherited listeners no flag asked for any more.
 func (in inherited) close() {
 	for name, f := range in {
@@ -121,10 +138,14 @@ func handedOver() {
 // upgrading reports whether a previous server is handing over to this one.
 func upgrading() bool { return os.Getenv(envFrom) != "" }
 
+// filer is a socket that can be handed over: *net.TCPListener,
+// *net.UDPConn.
+type filer interface{ File() (*os.File, error) }
+
 // handOff starts the binary at self with this server's arguments and its
-// listeners, and waits until the new server holds them. On an error the
+// sockets, and waits until the new server holds them. On an error the
 // new server is gone and this one serves on.
-func handOff(self string, lns map[string]net.Listener, log *slog.Logger) error {
+func handOff(self string, socks map[string]filer, log *slog.Logger) error {
 	var names, fds []string
 	var files []*os.File
 	defer func() {
@@ -132,14 +153,10 @@ func handOff(self string, lns map[string]net.Listener, log *slog.Logger) error {
 			f.Close()
 		}
 	}()
-	for name, ln := range lns {
-		tl, ok := ln.(*net.TCPListener)
-		if !ok {
-			continue
-		}
-		f, err := tl.File() // a duplicate: this server's own stays open until it stops
+	for name, sock := range socks {
+		f, err := sock.File() // a duplicate: this server's own stays open until it stops
 		if err != nil {
-			return fmt.Errorf("hand over the %s listener: %w", name, err)
+			return fmt.Errorf("hand over the %s socket: %w", name, err)
 		}
 		files = append(files, f)
 		names = append(names, name)
@@ -171,7 +188,7 @@ func handOff(self string, lns map[string]net.Listener, log *slog.Logger) error {
 	select {
 	case line := <-got:
 		if line == "ok" {
-			log.Info("handed the listeners to the new server", "pid", cmd.Process.Pid, "listeners", strings.Join(names, ","))
+			log.Info("handed the sockets to the new server", "pid", cmd.Process.Pid, "sockets", strings.Join(names, ","))
 			return nil
 		}
 		cmd.Process.Kill()

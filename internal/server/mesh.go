@@ -37,8 +37,9 @@ func (f policyFunc) Allowed(src, dst string) bool { return f(src, dst) }
 // newMesh opens the mesh CA (sealed under the data dir) and the metrics
 // registry; with isolated machines (gateway valid) it also makes the data
 // plane and its listeners: inbound on loopback, outbound on the machines'
-// gateway at the mesh port. allowed is asked on every call.
-func newMesh(ctx context.Context, c Config, keys *secrets.Keyring, reg prometheus.Registerer, gateway netip.Addr, allowed func(src, dst string) bool, log *slog.Logger) (*meshParts, error) {
+// gateway at the mesh port (the one a previous server handed over, after a
+// graceful restart). allowed is asked on every call.
+func newMesh(ctx context.Context, c Config, keys *secrets.Keyring, reg prometheus.Registerer, gateway netip.Addr, allowed func(src, dst string) bool, in inherited, log *slog.Logger) (*meshParts, error) {
 	ca, err := identity.Open(ctx, &identity.FileStore{Path: filepath.Join(c.DataDir, "mesh", "ca.sealed"), Sealer: keys},
 		identity.Options{TrustDomain: c.TrustDomain, LeafTTL: c.MeshCertTTL, Log: log.With("component", "mesh-ca")})
 	if err != nil {
@@ -56,7 +57,7 @@ func newMesh(ctx context.Context, c Config, keys *secrets.Keyring, reg prometheu
 		return nil, fmt.Errorf("mesh inbound listener: %w", err)
 	}
 	out := net.JoinHostPort(gateway.String(), strconv.Itoa(c.MeshPort))
-	if p.outbound, err = net.Listen("tcp", out); err != nil {
+	if p.outbound, err = in.listen("mesh", out); err != nil {
 		p.inbound.Close()
 		return nil, fmt.Errorf("mesh outbound listener %s: %w (is another pier server using this bridge? see --mesh-port)", out, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -211,7 +212,7 @@ func Run(ctx context.Context, c Config) error {
 	if isolated != nil {
 		gateway = isolated.Gateway()
 	}
-	mp, err := newMesh(ctx, c, keys, reg, gateway, func(src, dst string) bool { return plane.Allowed(src, dst) }, log)
+	mp, err := newMesh(ctx, c, keys, reg, gateway, func(src, dst string) bool { return plane.Allowed(src, dst) }, in, log)
 	if err != nil {
 		return err
 	}
@@ -349,14 +350,24 @@ func Run(ctx context.Context, c Config) error {
 	}
 	go mp.run(meshCtx, log)
 
+	// What a graceful restart hands to the next server: the listeners,
+	// the mesh's port and the machines' name server.
+	handover := lns.byName()
+	if mp.outbound != nil {
+		if t, ok := mp.outbound.(*net.TCPListener); ok {
+			handover["mesh"] = t
+		}
+	}
 	if isolated != nil {
 		dnsCtx, stopDNS := context.WithCancel(ctx)
 		defer stopDNS()
-		if _, err := machineDNS(dnsCtx, isolated, names{mesh: mp.mesh, mach: mach}, log.With("component", "dns")); err != nil {
+		socks, err := machineDNS(dnsCtx, isolated, names{mesh: mp.mesh, mach: mach}, in, log.With("component", "dns"))
+		if err != nil {
 			apiLn.Close()
 			httpLn.Close()
 			return err
 		}
+		maps.Copy(handover, socks)
 	}
 
 	// Resources first: apps expect their databases when they start.
@@ -462,7 +473,7 @@ func Run(ctx context.Context, c Config) error {
 		case runErr = <-errs:
 		case <-c.Restart:
 			log.Info("graceful restart: handing over to a new server", "binary", self)
-			if err := handOff(self, lns.byName(), log); err != nil {
+			if err := handOff(self, handover, log); err != nil {
 				log.Error("graceful restart failed; serving on", "err", err)
 				continue
 			}
@@ -543,10 +554,12 @@ func (l *listeners) close() {
 	}
 }
 
-func (l *listeners) byName() map[string]net.Listener {
-	m := map[string]net.Listener{"api": l.api, "http": l.http}
-	if l.https != nil {
-		m["https"] = l.https
+func (l *listeners) byName() map[string]filer {
+	m := map[string]filer{}
+	for name, ln := range map[string]net.Listener{"api": l.api, "http": l.http, "https": l.https} {
+		if t, ok := ln.(*net.TCPListener); ok {
+			m[name] = t
+		}
 	}
 	return m
 }
