@@ -35,7 +35,8 @@ kill -HUP restarts the server gracefully, e.g. after replacing the pier
 binary: a new server, from the binary now at the same path with the same
 flags, takes over the listening sockets, and the old one finishes the
 requests in flight and exits. Connections that arrive meanwhile wait in the
-sockets' backlog: no request is refused. The new server writes its pid to
+sockets' backlog (the mesh's port and the machines' name server are handed
+over too): no request is refused. The new server writes its pid to
 <data-dir>/server.pid.
 
 Run as root with runc installed, apps and machines are isolated (own
