@@ -653,6 +653,9 @@ func (d *Driver) teardownKeeping(ctx context.Context, id string, kept *keptUpper
 			return true, fmt.Errorf("runc delete: %w: %s", derr, bytes.TrimSpace(out))
 		}
 	}
+	// The machine's monitor, waiting for a server to collect an exit that
+	// no one will (Cleanup of a machine no server adopted).
+	shim.Stop(d.bundle(id))
 	// Whether or not this run made them: a previous run of the server may
 	// have, and they must not outlive the machine.
 	if err := d.fw.dropHost(ctx, id); err != nil {

@@ -186,6 +186,21 @@ func leaks() []string {
 	}
 	cgs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/*/pier/t%d-*", os.Getpid()))
 	out = append(out, cgs...)
+	// Machine monitors of every test driver's machines (all have ids
+	// t<pid>-N, so their bundles end so).
+	procs, _ := os.ReadDir("/proc")
+	mark := []byte(fmt.Sprintf("/t%d-", os.Getpid()))
+	for _, p := range procs {
+		env, err := os.ReadFile(filepath.Join("/proc", p.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if v, ok := bytes.CutPrefix(kv, []byte("PIER_MACHINE_SHIM=")); ok && bytes.Contains(v, mark) {
+				out = append(out, "machine monitor: pid "+p.Name()+" for "+string(v))
+			}
+		}
+	}
 	return out
 }
 

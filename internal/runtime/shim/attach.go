@@ -2,6 +2,7 @@ package shim
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -164,4 +165,24 @@ func (a *Attached) Detach() {
 		a.closed = true
 		a.conn.Close()
 	}
+}
+
+// Stop ends the monitor of dir, if one runs, without waiting for a server
+// to collect its exit: for a machine that is being removed whatever state
+// it is in (what the monitor ran goes with it, by its death signal). A pid
+// that is no longer dir's monitor is left alone.
+func Stop(dir string) {
+	data, err := os.ReadFile(filepath.Join(dir, pidFile))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil || !bytes.Contains(env, []byte(envShim+"="+dir+"\x00")) {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
 }

@@ -105,10 +105,13 @@ func TestOutputAndExit(t *testing.T) {
 func TestSignalledCommand(t *testing.T) {
 	dir := start(t, "kill -9 $$")
 	var out lines
-	exit := waitExit(t, attach(t, dir, &out, &out))
+	a := attach(t, dir, &out, &out)
+	exit := waitExit(t, a)
 	if ws := exit.WaitStatus(); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Errorf("exit status = %v, want killed by SIGKILL", ws)
 	}
+	a.Ack()
+	waitGone(t, dir)
 }
 
 // The server detaches (it stops, or crashes); the machine keeps running
@@ -207,5 +210,30 @@ func TestAttachWaitsForAStartingMonitor(t *testing.T) {
 	defer cancel()
 	if _, err := Attach(ctx, dir, nil, nil); err == nil || IsNoMonitor(err) {
 		t.Fatalf("Attach = %v, want it to wait until ctx ends", err)
+	}
+}
+
+// Stop ends a monitor whose exit no server will collect.
+func TestStop(t *testing.T) {
+	dir := start(t, "exit 0")
+	deadline := time.Now().Add(10 * time.Second)
+	for !exists(filepath.Join(dir, exitFile)) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !Running(dir) {
+		t.Fatal("the monitor did not wait for a server")
+	}
+	Stop(dir)
+	waitGoneOrKilled(t, dir)
+}
+
+func waitGoneOrKilled(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for Running(dir) {
+		if time.Now().After(deadline) {
+			t.Fatal("the monitor still runs after Stop")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
