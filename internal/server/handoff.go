@@ -77,7 +77,7 @@ func (in inherited) listenPacket(name, addr string) (net.PacketConn, error) {
 		delete(in, name)
 		pc, err := net.FilePacketConn(f)
 		f.Close()
-		if err == nil && sameAddr(&net.TCPAddr{IP: pc.LocalAddr().(*net.UDPAddr).IP, Port: pc.LocalAddr().(*net.UDPAddr).Port}, addr) {
+		if err == nil && sameAddr(pc.LocalAddr(), addr) {
 			return pc, nil
 		}
 		if pc != nil {
@@ -95,10 +95,16 @@ func (in inherited) close() {
 	}
 }
 
-// sameAddr reports whether the listener at a is what addr asks for.
+// sameAddr reports whether the socket at a (TCP or UDP) is what addr asks
+// for.
 func sameAddr(a net.Addr, addr string) bool {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
+	var ta net.TCPAddr
+	switch v := a.(type) {
+	case *net.TCPAddr:
+		ta = *v
+	case *net.UDPAddr:
+		ta = net.TCPAddr{IP: v.IP, Port: v.Port}
+	default:
 		return false
 	}
 	host, port, err := net.SplitHostPort(addr)

@@ -467,10 +467,13 @@ func Run(ctx context.Context, c Config) error {
 
 	var runErr error
 	handedOff := false
-	for !handedOff {
+wait:
+	for {
 		select {
 		case <-ctx.Done():
+			break wait
 		case runErr = <-errs:
+			break wait
 		case <-c.Restart:
 			log.Info("graceful restart: handing over to a new server", "binary", self)
 			if err := handOff(self, handover, log); err != nil {
@@ -478,8 +481,8 @@ func Run(ctx context.Context, c Config) error {
 				continue
 			}
 			handedOff = true
+			break wait
 		}
-		break
 	}
 	log.Info("shutting down")
 	stopAutostop()
