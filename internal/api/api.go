@@ -106,11 +106,6 @@ func statusOf(k pier.Kind) int {
 	}
 }
 
-// kindNames name error kinds in streamed error messages.
-var kindNames = map[pier.Kind]string{pier.Internal: "internal", pier.Invalid: "invalid", pier.NotFound: "not_found",
-	pier.Conflict: "conflict", pier.Unauthorized: "unauthorized", pier.Unavailable: "unavailable", pier.Failed: "failed",
-	pier.Timeout: "timeout", pier.Precondition: "precondition"}
-
 // message is what the caller sees of err; internal errors are also logged,
 // since they point at a bug or a broken host rather than bad input.
 func message(err error, log *slog.Logger) string {
@@ -211,7 +206,7 @@ func (s *stream) end(result Message, err error, log *slog.Logger) {
 		return
 	}
 	if err != nil {
-		s.send(Message{Type: "error", Error: message(err, log), Kind: kindNames[pier.KindOf(err)]})
+		s.send(Message{Type: "error", Error: message(err, log), Kind: pier.KindOf(err).String()})
 		return
 	}
 	s.send(result)

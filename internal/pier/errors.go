@@ -51,3 +51,27 @@ func KindOf(err error) Kind {
 	}
 	return Internal
 }
+
+// kindNames name error kinds where they travel as text: streamed errors,
+// operations' records.
+var kindNames = [...]string{Internal: "internal", Invalid: "invalid", NotFound: "not_found",
+	Conflict: "conflict", Unauthorized: "unauthorized", Unavailable: "unavailable", Failed: "failed",
+	Timeout: "timeout", Precondition: "precondition"}
+
+// String names the kind: "invalid", "not_found"...
+func (k Kind) String() string {
+	if k >= 0 && int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "internal"
+}
+
+// KindNamed is the kind String names; Internal for a name it does not know.
+func KindNamed(name string) Kind {
+	for k, n := range kindNames {
+		if n == name {
+			return Kind(k)
+		}
+	}
+	return Internal
+}
