@@ -150,7 +150,7 @@ type Connections interface {
 
 // Locks allow one operation at a time per app (busy.Table).
 type Locks interface {
-	Lock(name, op string) (unlock func(), err error)
+	Lock(ctx context.Context, name, op string) (unlock func(), err error)
 	// Elsewhere says whether op is under way on a name other than name.
 	Elsewhere(name, op string) bool
 }
@@ -381,7 +381,7 @@ func (s *Service) Status(ctx context.Context, name string) (Status, error) {
 // DestroyApp stops an app's machines and deletes it with its releases,
 // builds, secrets and logs.
 func (s *Service) DestroyApp(ctx context.Context, name string) error {
-	unlock, err := s.Busy.Lock(name, "a destroy")
+	unlock, err := s.Busy.Lock(ctx, name, "a destroy")
 	if err != nil {
 		return err
 	}
@@ -421,7 +421,7 @@ func (s *Service) Scale(ctx context.Context, name string, n int) (pier.App, erro
 	if n < 0 || n > 100 {
 		return pier.App{}, pier.Errorf(pier.Invalid, "count must be between 0 and 100, not %d", n)
 	}
-	unlock, err := s.Busy.Lock(name, "a scale")
+	unlock, err := s.Busy.Lock(ctx, name, "a scale")
 	if err != nil {
 		return pier.App{}, err
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pier-dev/pier/internal/pier"
 )
@@ -38,8 +39,13 @@ func TestScale(t *testing.T) {
 				e.addRelease(t, "web", pier.ReleaseActive)
 			}
 			if tc.busy {
-				unlock, _ := e.busy.Lock("web", "a deploy")
+				// A caller that stops waiting for the deploy under way
+				// changes nothing.
+				unlock, _ := e.busy.TryLock("web", "a deploy")
 				defer unlock()
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 20*time.Millisecond)
+				defer cancel()
 			}
 			a, err := e.svc.Scale(ctx, "web", tc.n)
 			if pier.KindOf(err) != tc.kind || (tc.kind == 0) != (err == nil) {

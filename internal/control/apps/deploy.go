@@ -86,7 +86,7 @@ func (s *Service) Prepare(ctx context.Context, app string, src io.Reader) (*Uplo
 // the running release serving.
 func (s *Service) Deploy(ctx context.Context, u *Upload, out io.Writer) (pier.Release, error) {
 	defer u.Close()
-	unlock, err := s.Busy.Lock(u.App, opDeploy)
+	unlock, err := s.Busy.Lock(ctx, u.App, opDeploy)
 	if err != nil {
 		return pier.Release{}, err
 	}
@@ -177,7 +177,7 @@ func (s *Service) Releases(ctx context.Context, app string) ([]pier.Release, err
 // Rollback deploys the build and config of release version again as a new
 // release. Version 0 means the release before the current one.
 func (s *Service) Rollback(ctx context.Context, app string, version int, out io.Writer) (pier.Release, error) {
-	unlock, err := s.Busy.Lock(app, "a rollback")
+	unlock, err := s.Busy.Lock(ctx, app, "a rollback")
 	if err != nil {
 		return pier.Release{}, err
 	}

@@ -57,7 +57,7 @@ func (s *Service) UnsetSecrets(ctx context.Context, app string, names []string, 
 }
 
 func (s *Service) changeSecrets(ctx context.Context, app, desc string, out io.Writer, change func() error) (*pier.Release, error) {
-	unlock, err := s.Busy.Lock(app, "a secrets change")
+	unlock, err := s.Busy.Lock(ctx, app, "a secrets change")
 	if err != nil {
 		return nil, err
 	}

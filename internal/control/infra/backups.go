@@ -58,7 +58,7 @@ func (s *Service) Backup(ctx context.Context, name, trigger string) (resources.B
 	if err != nil {
 		return resources.Backup{}, err
 	}
-	unlock, err := s.Busy.Lock(name, "a backup")
+	unlock, err := s.Busy.Lock(ctx, name, "a backup")
 	if err != nil {
 		return resources.Backup{}, err
 	}
@@ -124,7 +124,7 @@ func (s *Service) RestoreBackup(ctx context.Context, name, id string, out io.Wri
 	if err != nil {
 		return err
 	}
-	unlock, err := s.Busy.Lock(name, "a restore")
+	unlock, err := s.Busy.Lock(ctx, name, "a restore")
 	if err != nil {
 		return err
 	}

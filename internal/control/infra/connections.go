@@ -154,7 +154,7 @@ func (s *Service) Connect(ctx context.Context, app, target string, access resour
 	if _, err := s.Store.App(ctx, app); err != nil {
 		return resources.Connection{}, err
 	}
-	unlock, err := s.Busy.Lock(app, "a connect")
+	unlock, err := s.Busy.Lock(ctx, app, "a connect")
 	if err != nil {
 		return resources.Connection{}, err
 	}
@@ -205,7 +205,7 @@ func (s *Service) revoke(d resources.Driver, inst resources.Instance, g resource
 // connection is marked first, so a crash in between still revokes them at
 // the next start.
 func (s *Service) Disconnect(ctx context.Context, app, target string, out io.Writer) error {
-	unlock, err := s.Busy.Lock(app, "a disconnect")
+	unlock, err := s.Busy.Lock(ctx, app, "a disconnect")
 	if err != nil {
 		return err
 	}

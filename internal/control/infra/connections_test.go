@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/pier-dev/pier/internal/appconfig"
 	"github.com/pier-dev/pier/internal/pier"
@@ -96,8 +97,13 @@ func TestConnectRefused(t *testing.T) {
 			e.connect(t, "web", "db")
 			e.calls.enabled = !tc.noMesh
 			if tc.busy {
-				unlock, _ := e.busy.Lock("web", "a deploy")
+				// A caller that stops waiting for the deploy under way
+				// changes nothing.
+				unlock, _ := e.busy.TryLock("web", "a deploy")
 				defer unlock()
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 20*time.Millisecond)
+				defer cancel()
 			}
 			before := len(e.log.All())
 			_, err := e.svc.Connect(ctx, tc.app, tc.target, tc.access, tc.as, io.Discard)

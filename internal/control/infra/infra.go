@@ -58,7 +58,9 @@ type Keys interface {
 
 // Locks allow one operation at a time per app or resource name.
 type Locks interface {
-	Lock(name, op string) (unlock func(), err error)
+	// Lock waits for the work under way on name; TryLock does not.
+	Lock(ctx context.Context, name, op string) (unlock func(), err error)
+	TryLock(name, op string) (unlock func(), err error)
 }
 
 // Apps rolls an app so that its machines get a changed environment: a

@@ -61,7 +61,7 @@ func (s *Service) finishRevokes(ctx context.Context) {
 		}
 		// A disconnect under way holds the app's lock and revokes itself
 		// once its roll is done; only abandoned rows are ours.
-		unlock, err := s.Busy.Lock(c.App, "a revoke")
+		unlock, err := s.Busy.TryLock(c.App, "a revoke")
 		if err != nil {
 			continue
 		}
@@ -108,7 +108,7 @@ func (s *Service) RunResources(ctx context.Context, every time.Duration) {
 				continue
 			}
 			// Never under a delete, backup or restore of the resource.
-			unlock, err := s.Busy.Lock(r.Name, "a health check")
+			unlock, err := s.Busy.TryLock(r.Name, "a health check")
 			if err != nil {
 				continue
 			}

@@ -95,7 +95,7 @@ func TestStartResourcesRecovery(t *testing.T) {
 				e.create(t, "db")
 				e.connect(t, "web", "db")
 				e.leaveConnection("web", "db", store.ConnRevoking)
-				unlock, err := e.busy.Lock("web", "a disconnect")
+				unlock, err := e.busy.TryLock("web", "a disconnect")
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -191,7 +191,7 @@ func (s *Service) CreateResource(ctx context.Context, name, typ string, params m
 	if err != nil {
 		return resources.Resource{}, err
 	}
-	unlock, err := s.Busy.Lock(name, "a resource create")
+	unlock, err := s.Busy.Lock(ctx, name, "a resource create")
 	if err != nil {
 		return resources.Resource{}, err
 	}
@@ -336,7 +336,7 @@ func (s *Service) DeleteResource(ctx context.Context, name string, force bool, o
 		}
 		return pier.Errorf(pier.Precondition, "%s is connected to %s; disconnect them first (`pier disconnect APP %s`) or pass --force to revoke their access and delete it", name, strings.Join(apps, ", "), name)
 	}
-	unlock, err := s.Busy.Lock(name, "a resource delete")
+	unlock, err := s.Busy.Lock(ctx, name, "a resource delete")
 	if err != nil {
 		return err
 	}
