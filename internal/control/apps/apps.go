@@ -242,6 +242,9 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	}
 	for _, a := range apps {
 		s.Proxy.AddApp(a.Name)
+		if err := s.failInterrupted(ctx, a); err != nil {
+			return err
+		}
 		if a.Release == 0 {
 			s.Rollout.StopApp(a.Name) // a first deploy cut short
 			continue
@@ -260,6 +263,25 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		if added > 0 || retired > 0 {
 			s.Log.Info("app reconciled", "app", a.Name, "release", rel.Version, "machines", a.Count, "started", added, "retired", retired)
 		}
+	}
+	return nil
+}
+
+// failInterrupted marks failed the releases of a that a restart cut short
+// before they went live: they were never serving, and will not be.
+func (s *Service) failInterrupted(ctx context.Context, a pier.App) error {
+	rels, err := s.Store.Releases(ctx, a.Name)
+	if err != nil {
+		return err
+	}
+	for _, r := range rels {
+		if r.Status != pier.ReleasePending || r.Version == a.Release {
+			continue
+		}
+		if err := s.Store.SetReleaseStatus(ctx, a.Name, r.Version, pier.ReleaseFailed); err != nil {
+			return err
+		}
+		s.event(ctx, a.Name, "deploy.failed", "v%d was cut short by a restart of pier server; v%d stays live", r.Version, a.Release)
 	}
 	return nil
 }

@@ -130,18 +130,34 @@ func TestDestroyApp(t *testing.T) {
 }
 
 // TestReconcile: after a restart every app is routed; one whose first
-// deploy was cut short is stopped, the others run their current release.
+// deploy was cut short is stopped, the others run their current release;
+// releases a restart cut short before they went live are marked failed.
 func TestReconcile(t *testing.T) {
+	ctx := context.Background()
 	e := newEnv(t, "new", "web")
+	e.addRelease(t, "new", pier.ReleasePending)
 	e.addRelease(t, "web", pier.ReleaseRetired)
 	e.addRelease(t, "web", pier.ReleaseActive)
-	e.store.SetCount(context.Background(), "web", 3)
-	if err := e.svc.Reconcile(context.Background()); err != nil {
+	e.addRelease(t, "web", pier.ReleasePending)
+	e.store.SetCount(ctx, "web", 3)
+	if err := e.svc.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"proxy add new", "stop new", "proxy add web", "routes web", "reconcile web v2 x3"}
 	if did := e.log.All(); !slices.Equal(did, want) {
 		t.Errorf("did %q, want %q", did, want)
+	}
+	for _, c := range []struct {
+		app     string
+		version int
+		status  string
+	}{{"new", 1, pier.ReleaseFailed}, {"web", 1, pier.ReleaseRetired}, {"web", 2, pier.ReleaseActive}, {"web", 3, pier.ReleaseFailed}} {
+		if r, _ := e.store.Release(ctx, c.app, c.version); r.Status != c.status {
+			t.Errorf("%s v%d is %s, want %s", c.app, c.version, r.Status, c.status)
+		}
+	}
+	if !e.store.hasEvent("web deploy.failed: v3 was cut short by a restart of pier server; v2 stays live") {
+		t.Errorf("no event says web's v3 was cut short: %q", e.store.events)
 	}
 }
 
