@@ -17,6 +17,7 @@ import (
 	"github.com/pier-dev/pier/internal/certs"
 	"github.com/pier-dev/pier/internal/control"
 	"github.com/pier-dev/pier/internal/machines"
+	"github.com/pier-dev/pier/internal/ops"
 	"github.com/pier-dev/pier/internal/pier"
 )
 
@@ -30,6 +31,8 @@ type Server struct {
 	URL func(app string) string
 	// Metrics serves /metrics (Prometheus text format).
 	Metrics http.Handler
+	// Ops runs the mutating operations: deploys, scales, connections...
+	Ops *ops.Manager
 	// Machines runs the machines API.
 	Machines *machines.Manager
 	// Certs keeps custom domains and their certificates.
@@ -59,6 +62,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
 	mux.HandleFunc("GET /v1/apps/{app}/events", s.events)
 	s.resourceRoutes(mux)
+	s.operationRoutes(mux)
 	s.meshRoutes(mux)
 	if s.Machines != nil {
 		s.machineRoutes(mux)

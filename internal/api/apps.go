@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"time"
 
@@ -48,16 +49,20 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	if _, err := s.Plane.CreateApp(r.Context(), req.AppName); err != nil {
-		writeError(w, err, s.Log)
-		return
+	s.operateJSON(w, r, control.OpAppCreate, req.AppName, quiet(func(ctx context.Context) (any, error) {
+		return s.Plane.CreateApp(ctx, req.AppName)
+	}), http.StatusCreated, s.appAnswer(req.AppName))
+}
+
+// appAnswer answers with the app as it is once an operation is done.
+func (s *Server) appAnswer(app string) func(context.Context, json.RawMessage) (any, error) {
+	return func(ctx context.Context, _ json.RawMessage) (any, error) {
+		st, err := s.Plane.Status(ctx, app)
+		if err != nil {
+			return nil, err
+		}
+		return s.info(st), nil
 	}
-	st, err := s.Plane.Status(r.Context(), req.AppName)
-	if err != nil {
-		writeError(w, err, s.Log)
-		return
-	}
-	writeJSON(w, http.StatusCreated, s.info(st))
 }
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
@@ -75,33 +80,29 @@ func (s *Server) destroyApp(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	if s.Machines != nil {
-		if err := s.Machines.DestroyAll(r.Context(), app); err != nil {
-			writeError(w, err, s.Log)
-			return
+	s.operateJSON(w, r, control.OpAppDestroy, app, quiet(func(ctx context.Context) (any, error) {
+		if s.Machines != nil {
+			if err := s.Machines.DestroyAll(ctx, app); err != nil {
+				return nil, err
+			}
 		}
-	}
-	if err := s.Plane.DestroyApp(r.Context(), app); err != nil {
-		writeError(w, err, s.Log)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return nil, s.Plane.DestroyApp(ctx, app)
+	}), http.StatusOK, func(context.Context, json.RawMessage) (any, error) { return map[string]bool{"ok": true}, nil })
 }
 
 // deploy takes a gzipped tar of the app's source as the body. Problems with
-// the input are answered with a plain error status; once the build starts,
-// progress and the outcome stream as NDJSON Messages.
+// the input are answered with a plain error status; then the build and
+// rollout run as an operation, its progress and outcome streamed as NDJSON
+// Messages.
 func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 	u, err := s.Plane.Prepare(r.Context(), r.PathValue("app"), r.Body)
 	if err != nil {
 		writeError(w, err, s.Log)
 		return
 	}
-	st := newStream(w)
-	// The work outlives the request: a client that disconnects mid-deploy
-	// does not leave a half-rolled release behind.
-	rel, err := s.Plane.Deploy(context.WithoutCancel(r.Context()), u, st)
-	st.finish(&rel, err, s.Log)
+	s.operateRelease(w, r, control.OpDeploy, u.App, true, func(ctx context.Context, out io.Writer) (any, error) {
+		return s.Plane.Deploy(ctx, u, out)
+	}, u.Close)
 }
 
 func (s *Server) releases(w http.ResponseWriter, r *http.Request) {
@@ -136,9 +137,9 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	st := newStream(w)
-	rel, err := s.Plane.Rollback(context.WithoutCancel(r.Context()), app, req.Version, st)
-	st.finish(&rel, err, s.Log)
+	s.operateRelease(w, r, control.OpRollback, app, true, func(ctx context.Context, out io.Writer) (any, error) {
+		return s.Plane.Rollback(ctx, app, req.Version, out)
+	}, nil)
 }
 
 // ScaleRequest sets the number of machines.
@@ -156,16 +157,14 @@ func (s *Server) scale(w http.ResponseWriter, r *http.Request) {
 		writeError(w, pier.Errorf(pier.Invalid, "count is required"), s.Log)
 		return
 	}
-	if _, err := s.Plane.Scale(r.Context(), r.PathValue("app"), *req.Count); err != nil {
+	app := r.PathValue("app")
+	if _, err := s.Plane.Store.App(r.Context(), app); err != nil {
 		writeError(w, err, s.Log)
 		return
 	}
-	st, err := s.Plane.Status(r.Context(), r.PathValue("app"))
-	if err != nil {
-		writeError(w, err, s.Log)
-		return
-	}
-	writeJSON(w, http.StatusOK, s.info(st))
+	s.operateJSON(w, r, control.OpScale, app, quiet(func(ctx context.Context) (any, error) {
+		return s.Plane.Scale(ctx, app, *req.Count)
+	}), http.StatusOK, s.appAnswer(app))
 }
 
 func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request) {
@@ -196,8 +195,8 @@ func (s *Server) setSecrets(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	s.secretsChange(w, r, func(ctx context.Context, st *stream) (*pier.Release, error) {
-		return s.Plane.SetSecrets(ctx, r.PathValue("app"), req.Values, st)
+	s.secretsChange(w, r, control.OpSecretsSet, func(ctx context.Context, out io.Writer) (any, error) {
+		return s.Plane.SetSecrets(ctx, r.PathValue("app"), req.Values, out)
 	})
 }
 
@@ -207,20 +206,18 @@ func (s *Server) unsetSecrets(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	s.secretsChange(w, r, func(ctx context.Context, st *stream) (*pier.Release, error) {
-		return s.Plane.UnsetSecrets(ctx, r.PathValue("app"), req.Names, st)
+	s.secretsChange(w, r, control.OpSecretsUnset, func(ctx context.Context, out io.Writer) (any, error) {
+		return s.Plane.UnsetSecrets(ctx, r.PathValue("app"), req.Names, out)
 	})
 }
 
 // secretsChange validates up front (unknown app), then streams the roll.
-func (s *Server) secretsChange(w http.ResponseWriter, r *http.Request, change func(context.Context, *stream) (*pier.Release, error)) {
+func (s *Server) secretsChange(w http.ResponseWriter, r *http.Request, kind string, change work) {
 	if _, err := s.Plane.Store.App(r.Context(), r.PathValue("app")); err != nil {
 		writeError(w, err, s.Log)
 		return
 	}
-	st := newStream(w)
-	rel, err := change(context.WithoutCancel(r.Context()), st)
-	st.finish(rel, err, s.Log)
+	s.operateRelease(w, r, kind, r.PathValue("app"), false, change, nil)
 }
 
 func (s *Server) logs(w http.ResponseWriter, r *http.Request) {

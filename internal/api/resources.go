@@ -2,8 +2,11 @@ package api
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 
+	"github.com/pier-dev/pier/internal/control"
 	"github.com/pier-dev/pier/internal/resources"
 )
 
@@ -56,23 +59,14 @@ func (s *Server) listResources(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rs)
 }
 
-// streamed runs op with a stream for its progress; errors before any
-// output are plain error answers. op runs to the end even if the client
-// goes away.
-func (s *Server) streamed(w http.ResponseWriter, r *http.Request, op func(ctx context.Context, st *stream) (any, error)) {
-	st := newStream(w)
-	v, err := op(context.WithoutCancel(r.Context()), st)
-	st.finishData(v, err, s.Log)
-}
-
 func (s *Server) createResource(w http.ResponseWriter, r *http.Request) {
 	var req CreateResourceRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err, s.Log)
 		return
 	}
-	s.streamed(w, r, func(ctx context.Context, st *stream) (any, error) {
-		return s.Plane.CreateResource(ctx, req.Name, req.Type, req.Params, st)
+	s.operateData(w, r, control.OpResourceCreate, req.Name, true, func(ctx context.Context, out io.Writer) (any, error) {
+		return s.Plane.CreateResource(ctx, req.Name, req.Type, req.Params, out)
 	})
 }
 
@@ -87,8 +81,13 @@ func (s *Server) getResource(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deleteResource(w http.ResponseWriter, r *http.Request) {
 	force := r.URL.Query().Get("force") == "true"
-	s.streamed(w, r, func(ctx context.Context, st *stream) (any, error) {
-		return map[string]bool{"deleted": true}, s.Plane.DeleteResource(ctx, r.PathValue("name"), force, st)
+	name := r.PathValue("name")
+	if _, err := s.Plane.Store.Resource(r.Context(), name); err != nil {
+		writeError(w, err, s.Log)
+		return
+	}
+	s.operateData(w, r, control.OpResourceDelete, name, false, func(ctx context.Context, out io.Writer) (any, error) {
+		return map[string]bool{"deleted": true}, s.Plane.DeleteResource(ctx, name, force, out)
 	})
 }
 
@@ -123,12 +122,14 @@ func (s *Server) listBackups(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) createBackup(w http.ResponseWriter, r *http.Request) {
-	b, err := s.Plane.Backup(context.WithoutCancel(r.Context()), r.PathValue("name"), "manual")
-	if err != nil {
+	name := r.PathValue("name")
+	if _, err := s.Plane.Store.Resource(r.Context(), name); err != nil {
 		writeError(w, err, s.Log)
 		return
 	}
-	writeJSON(w, http.StatusCreated, b)
+	s.operateJSON(w, r, control.OpBackup, name, quiet(func(ctx context.Context) (any, error) {
+		return s.Plane.Backup(ctx, name, "manual")
+	}), http.StatusCreated, func(_ context.Context, b json.RawMessage) (any, error) { return b, nil })
 }
 
 func (s *Server) restoreBackup(w http.ResponseWriter, r *http.Request) {
@@ -137,8 +138,13 @@ func (s *Server) restoreBackup(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	s.streamed(w, r, func(ctx context.Context, st *stream) (any, error) {
-		return map[string]string{"restored": req.BackupID}, s.Plane.RestoreBackup(ctx, r.PathValue("name"), req.BackupID, st)
+	name := r.PathValue("name")
+	if _, err := s.Plane.Store.Resource(r.Context(), name); err != nil {
+		writeError(w, err, s.Log)
+		return
+	}
+	s.operateData(w, r, control.OpRestore, name, false, func(ctx context.Context, out io.Writer) (any, error) {
+		return map[string]string{"restored": req.BackupID}, s.Plane.RestoreBackup(ctx, name, req.BackupID, out)
 	})
 }
 
@@ -158,8 +164,13 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, s.Log)
 		return
 	}
-	s.streamed(w, r, func(ctx context.Context, st *stream) (any, error) {
-		return s.Plane.Connect(ctx, r.PathValue("app"), req.Target, req.Access, req.As, st)
+	app := r.PathValue("app")
+	if _, err := s.Plane.Store.App(r.Context(), app); err != nil {
+		writeError(w, err, s.Log)
+		return
+	}
+	s.operateData(w, r, control.OpConnect, app, false, func(ctx context.Context, out io.Writer) (any, error) {
+		return s.Plane.Connect(ctx, app, req.Target, req.Access, req.As, out)
 	})
 }
 
@@ -173,8 +184,13 @@ func (s *Server) showConnection(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) disconnect(w http.ResponseWriter, r *http.Request) {
-	s.streamed(w, r, func(ctx context.Context, st *stream) (any, error) {
-		return map[string]bool{"disconnected": true}, s.Plane.Disconnect(ctx, r.PathValue("app"), r.PathValue("target"), st)
+	app := r.PathValue("app")
+	if _, err := s.Plane.Store.App(r.Context(), app); err != nil {
+		writeError(w, err, s.Log)
+		return
+	}
+	s.operateData(w, r, control.OpDisconnect, app, false, func(ctx context.Context, out io.Writer) (any, error) {
+		return map[string]bool{"disconnected": true}, s.Plane.Disconnect(ctx, app, r.PathValue("target"), out)
 	})
 }
 

@@ -4,6 +4,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -64,8 +65,20 @@ func Middleware(token string, next http.Handler) http.Handler {
 			w.Write([]byte(`{"error":"missing or invalid token: send Authorization: Bearer <token> (see pier auth token)"}` + "\n"))
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, Admin)))
 	})
+}
+
+// Admin is the name of the one token pier has today, the admin token.
+const Admin = "admin"
+
+type principalKey struct{}
+
+// Principal names the holder of the token a request carried: who started
+// an operation. Empty outside an authenticated request.
+func Principal(ctx context.Context) string {
+	p, _ := ctx.Value(principalKey{}).(string)
+	return p
 }
 
 // Credentials are what the CLI needs to reach a server.

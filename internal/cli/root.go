@@ -53,7 +53,7 @@ the credentials 'pier server' saved for the local user.`,
 	root.AddGroup(&cobra.Group{ID: "apps", Title: "Apps:"}, &cobra.Group{ID: "platform", Title: "Platform:"})
 	for _, c := range []*cobra.Command{
 		e.launchCmd(), e.deployCmd(), e.statusCmd(), e.logsCmd(), e.releasesCmd(), e.rollbackCmd(),
-		e.scaleCmd(), e.secretsCmd(), e.appsCmd(), e.machinesCmd(),
+		e.scaleCmd(), e.secretsCmd(), e.appsCmd(), e.machinesCmd(), e.opsCmd(),
 	} {
 		c.GroupID = "apps"
 		root.AddCommand(c)
@@ -118,7 +118,13 @@ func (e *env) client() (*client.Client, error) {
 	if token == "" {
 		return nil, fmt.Errorf("no API token: start `pier server` on this machine (it saves one for you), or set PIER_TOKEN (print it with `pier auth token` where the server runs)")
 	}
-	return client.New(base, token), nil
+	c := client.New(base, token)
+	// Every change is an operation in the server: name it, so that it can
+	// be followed from anywhere if this terminal goes away.
+	c.OnOperation = func(id string) {
+		fmt.Fprintf(e.stderr, "==> Operation %s (follow it from anywhere: pier ops watch %s)\n", id, id)
+	}
+	return c, nil
 }
 
 // addAppFlag adds -a/--app to cmd.

@@ -26,6 +26,9 @@ type Client struct {
 	Base  string // e.g. http://127.0.0.1:4280
 	Token string
 	HTTP  *http.Client
+	// OnOperation, if set, is told the id of each operation a request
+	// starts (api.OperationHeader), before its output.
+	OnOperation func(id string)
 }
 
 // New returns a client of the API at base.
@@ -63,6 +66,9 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ct
 			return nil, fmt.Errorf("cannot reach the pier API at %s: %v (is `pier server` running? set PIER_API to point elsewhere)", c.Base, ue.Err)
 		}
 		return nil, err
+	}
+	if id := resp.Header.Get(api.OperationHeader); id != "" && c.OnOperation != nil {
+		c.OnOperation(id)
 	}
 	if resp.StatusCode >= 400 {
 		defer resp.Body.Close()
@@ -252,10 +258,14 @@ func followResult(resp *http.Response, out io.Writer) (api.Message, error) {
 			return m, &StreamError{Kind: m.Kind, Message: m.Error}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return api.Message{}, fmt.Errorf("connection to the server broke: %w (the operation may still be running: check `pier status`)", err)
+	still := "the operation may still be running: check `pier status`"
+	if id := resp.Header.Get(api.OperationHeader); id != "" {
+		still = fmt.Sprintf("operation %s goes on in the server: follow it with `pier ops watch %s`", id, id)
 	}
-	return api.Message{}, errors.New("the server ended the stream without a result (the operation may still be running: check `pier status`)")
+	if err := sc.Err(); err != nil {
+		return api.Message{}, fmt.Errorf("connection to the server broke: %w (%s)", err, still)
+	}
+	return api.Message{}, fmt.Errorf("the server ended the stream without a result (%s)", still)
 }
 
 // stream sends in as JSON with method to path and follows the streamed

@@ -111,6 +111,9 @@ type Request struct {
 	// Cancellable says the work may be stopped once it has started
 	// (a pending operation can always be cancelled).
 	Cancellable bool
+	// Drop, if set, releases the work's input when it will never run:
+	// cancelled while pending.
+	Drop func()
 }
 
 // Manager runs operations. The zero value is not usable: set Store.
@@ -129,6 +132,7 @@ type Manager struct {
 type op struct {
 	m           *Manager
 	fn          Func
+	drop        func()
 	cancellable bool
 	ctx         context.Context
 	cancel      context.CancelCauseFunc
@@ -156,11 +160,11 @@ func NewID() string {
 // it runs detached from ctx, which only bounds the recording.
 func (m *Manager) Submit(ctx context.Context, req Request, fn Func) (Operation, error) {
 	if req.Kind == "" || req.Target == "" {
-		return Operation{}, errors.New("ops: an operation needs a kind and a target")
+		return Operation{}, pier.Errorf(pier.Invalid, "an operation needs a kind and a target")
 	}
 	rec := Operation{ID: NewID(), Kind: req.Kind, Target: req.Target, State: Pending, Who: req.Who, CreatedAt: time.Now().UTC()}
 	octx, cancel := context.WithCancelCause(context.Background())
-	o := &op{m: m, fn: fn, cancellable: req.Cancellable, ctx: octx, cancel: cancel, rec: rec, changed: make(chan struct{})}
+	o := &op{m: m, fn: fn, drop: req.Drop, cancellable: req.Cancellable, ctx: octx, cancel: cancel, rec: rec, changed: make(chan struct{})}
 	m.mu.Lock()
 	if m.draining {
 		m.mu.Unlock()
@@ -404,6 +408,9 @@ func (m *Manager) Cancel(ctx context.Context, id, who string) (Operation, error)
 		m.remove(o)
 		m.mu.Unlock()
 		o.cancel(nil)
+		if o.drop != nil {
+			o.drop()
+		}
 		o.event(Event{Type: EventState, State: Cancelled, Text: by + " before it started"})
 		return o.snapshot(), nil
 	}

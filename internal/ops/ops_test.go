@@ -257,12 +257,16 @@ func TestCancel(t *testing.T) {
 	run, queued, stubborn := newBlocker("run", &log, &mu), newBlocker("queued", &log, &mu), newBlocker("stubborn", &log, &mu)
 	opRun, _ := m.Submit(context.Background(), Request{Kind: "deploy", Target: "web", Cancellable: true}, run.run)
 	started(t, run)
-	opQ, _ := m.Submit(context.Background(), Request{Kind: "deploy", Target: "web"}, queued.run)
+	dropped := false
+	opQ, _ := m.Submit(context.Background(), Request{Kind: "deploy", Target: "web", Drop: func() { dropped = true }}, queued.run)
 
 	// A pending one goes at once and never runs.
 	rec, err := m.Cancel(context.Background(), opQ.ID, "admin")
 	if err != nil || rec.State != Cancelled {
 		t.Fatalf("cancel pending: %+v, %v", rec, err)
+	}
+	if !dropped {
+		t.Error("the input of a cancelled pending operation was not dropped")
 	}
 	// A running, cancellable one stops.
 	if _, err := m.Cancel(context.Background(), opRun.ID, "admin"); err != nil {

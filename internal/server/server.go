@@ -32,6 +32,7 @@ import (
 	"github.com/pier-dev/pier/internal/logs"
 	"github.com/pier-dev/pier/internal/machines"
 	"github.com/pier-dev/pier/internal/metrics"
+	"github.com/pier-dev/pier/internal/ops"
 	"github.com/pier-dev/pier/internal/proxy"
 	"github.com/pier-dev/pier/internal/registry"
 	"github.com/pier-dev/pier/internal/rollout"
@@ -121,6 +122,12 @@ func DefaultDataDir() string {
 	}
 	return ".pier-data"
 }
+
+// OperationsDrain is how long a stopping server waits for the operations
+// under way (a deploy, a backup) before it exits and leaves them to the
+// next server to settle. It is short: while it waits, the edge's sockets
+// are closed (or, on a graceful restart, wait in the new server's backlog).
+const OperationsDrain = 10 * time.Second
 
 // Run serves until ctx is done, then shuts down gracefully.
 func Run(ctx context.Context, c Config) error {
@@ -396,8 +403,17 @@ func Run(ctx context.Context, c Config) error {
 		mach.Shutdown(0)
 		return fmt.Errorf("restore apps: %w", err)
 	}
+	// Operations last: what the last server left running is settled from
+	// the state the steps above left.
+	operations := &ops.Manager{Store: st, Log: log.With("component", "ops")}
+	if err := operations.Recover(ctx, plane.Settle); err != nil {
+		apiLn.Close()
+		httpLn.Close()
+		mach.Shutdown(0)
+		return fmt.Errorf("settle operations: %w", err)
+	}
 	apiSrv := &http.Server{
-		Handler:           (&api.Server{Plane: plane, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Certs: certMgr, Registry: imageRegistry}).Handler(),
+		Handler:           (&api.Server{Plane: plane, Ops: operations, Log: log.With("component", "api"), Token: token, URL: appURL, Machines: mach, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Certs: certMgr, Registry: imageRegistry}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// Requests see the server's context, so long streams (logs -f) end
@@ -499,6 +515,13 @@ wait:
 	lns.close()
 	serving.Wait()
 	fresh.wait(5 * time.Second)
+	// Operations under way get a short while to finish; the next server
+	// settles those that do not (finished or rolled back).
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), OperationsDrain)
+	if !operations.Drain(drainCtx) {
+		log.Warn("operations still running at exit; the next pier server settles them", "waited", OperationsDrain)
+	}
+	cancelDrain()
 	for _, srv := range servers {
 		srv.Shutdown(shutCtx)
 	}
