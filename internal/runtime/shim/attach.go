@@ -33,20 +33,56 @@ type Attached struct {
 	exit   Exit
 	mu     sync.Mutex
 	closed bool
+	// A monitor made by Prepare: its process, and closed once reaped.
+	proc       *os.Process
+	procExited <-chan struct{}
 }
 
-// listen makes the monitor's socket, reachable by root alone.
-func listen(path string) (net.Listener, error) {
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
+// listenFile makes the monitor's socket, reachable by root alone, and
+// returns it as a file for the monitor to inherit. The socket file stays
+// when this process's copy is closed.
+func listenFile(path string) (*os.File, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, err
 	}
+	ln.SetUnlinkOnClose(false)
+	defer ln.Close()
 	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
+		os.Remove(path)
 		return nil, err
 	}
-	return ln, nil
+	f, err := ln.File()
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	return f, nil
+}
+
+// Run lets the command of a monitor made by Prepare start.
+func (a *Attached) Run() error {
+	select {
+	case <-a.gone:
+		return errors.New("the machine monitor is gone")
+	default:
+	}
+	a.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	defer a.conn.SetWriteDeadline(time.Time{})
+	if _, err := io.WriteString(a.conn, "run\n"); err != nil {
+		return fmt.Errorf("machine monitor: %w", err)
+	}
+	return nil
+}
+
+// Abort ends a monitor made by Prepare (its command, if it was let run,
+// goes with it by its death signal) and returns once it is gone.
+func (a *Attached) Abort() {
+	a.Detach()
+	if a.proc != nil {
+		a.proc.Kill()
+		<-a.procExited
+	}
 }
 
 // Attach connects to the monitor in dir and copies the machine's output to

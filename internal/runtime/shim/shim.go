@@ -14,6 +14,7 @@ package shim
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,21 @@ type Command struct {
 	Dir  string   `json:"dir,omitempty"`
 }
 
+// spec is what the monitor reads at its start (specFile).
+type spec struct {
+	Command
+	// Gated: the command waits for the attached server's "run" (Prepare).
+	Gated bool `json:"gated,omitempty"`
+}
+
+// listenerFd is the monitor's socket, listening already: the starter
+// makes it, so a server can connect (and its connection wait in the
+// backlog) before the monitor has even begun to run.
+const listenerFd = 3
+
+// maxGated bounds how long a gated monitor waits for its server's "run".
+const maxGated = 10 * time.Minute
+
 // message is one line of the monitor's stream to the server: an output
 // line, or the command's exit.
 type message struct {
@@ -82,21 +98,55 @@ func init() {
 // Start starts a monitor for cmd in dir (the machine's own directory,
 // private to root) and returns its pid. The monitor outlives the caller:
 // it is in a session of its own, and nothing of the caller's is inherited
-// but the environment it is given.
+// but the environment it is given and its listening socket.
 func Start(dir string, cmd Command) (int, error) {
-	spec, err := json.Marshal(cmd)
+	p, _, err := startMonitor(dir, spec{Command: cmd})
 	if err != nil {
 		return 0, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, specFile), spec, 0o600); err != nil {
-		return 0, err
+	return p.Pid, nil
+}
+
+// Prepare starts a monitor for cmd in dir, as Start does, and attaches to
+// it (as Attach does), but the monitor holds the command back until Run:
+// its own start (a fork and exec of this binary, and the Go runtime's and
+// packages' start in it) happens while the caller gets the command ready.
+// Should the attachment end before Run (Abort, or the caller dies), the
+// monitor ends without running the command.
+func Prepare(ctx context.Context, dir string, cmd Command, stdout, stderr io.Writer) (*Attached, error) {
+	p, exited, err := startMonitor(dir, spec{Command: cmd, Gated: true})
+	if err != nil {
+		return nil, err
+	}
+	a, err := Attach(ctx, dir, stdout, stderr)
+	if err != nil {
+		p.Kill()
+		<-exited
+		return nil, err
+	}
+	a.proc, a.procExited = p, exited
+	return a, nil
+}
+
+func startMonitor(dir string, sp spec) (*os.Process, <-chan struct{}, error) {
+	js, err := json.Marshal(sp)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, specFile), js, 0o600); err != nil {
+		return nil, nil, err
 	}
 	for _, f := range []string{sockFile, exitFile, pidFile} {
 		os.Remove(filepath.Join(dir, f))
 	}
+	lnf, err := listenFile(filepath.Join(dir, sockFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("the machine monitor's socket: %w", err)
+	}
+	defer lnf.Close()
 	logf, err := os.OpenFile(filepath.Join(dir, "shim.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return 0, err
+		return nil, nil, err
 	}
 	defer logf.Close()
 	// The running binary itself, even when an upgrade has replaced the
@@ -106,13 +156,18 @@ func Start(dir string, cmd Command) (int, error) {
 	c.Env = []string{envShim + "=" + dir, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	c.Dir = "/"
 	c.Stdout, c.Stderr = logf, logf
+	c.ExtraFiles = []*os.File{lnf} // listenerFd
 	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := c.Start(); err != nil {
-		return 0, fmt.Errorf("start the machine monitor: %w", err)
+		os.Remove(filepath.Join(dir, sockFile))
+		return nil, nil, fmt.Errorf("start the machine monitor: %w", err)
 	}
-	pid := c.Process.Pid
-	go c.Wait() // reap it if it ends while this process lives
-	return pid, nil
+	exited := make(chan struct{})
+	go func() { // reap it if it ends while this process lives
+		c.Wait()
+		close(exited)
+	}()
+	return c.Process, exited, nil
 }
 
 // monitor is the monitor process's main.
@@ -125,7 +180,7 @@ func monitor(dir string) int {
 		logf("read spec: %v", err)
 		return 1
 	}
-	var spec Command
+	var spec spec
 	if err := json.Unmarshal(data, &spec); err != nil || len(spec.Argv) == 0 {
 		logf("bad spec: %v", err)
 		return 1
@@ -135,8 +190,10 @@ func monitor(dir string) int {
 	if tmp := filepath.Join(dir, pidFile+".tmp"); os.WriteFile(tmp, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o600) == nil {
 		os.Rename(tmp, filepath.Join(dir, pidFile))
 	}
-	m := &mon{changed: make(chan struct{}), acked: make(chan struct{})}
-	ln, err := listen(filepath.Join(dir, sockFile))
+	m := &mon{changed: make(chan struct{}), acked: make(chan struct{}), run: make(chan struct{}), abort: make(chan struct{})}
+	lnf := os.NewFile(listenerFd, sockFile)
+	ln, err := net.FileListener(lnf)
+	lnf.Close()
 	if err != nil {
 		logf("listen: %v", err)
 		return 1
@@ -166,6 +223,21 @@ func monitor(dir string) int {
 		return 1
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
+	if spec.Gated {
+		select {
+		case <-m.run:
+		case <-m.abort:
+			logf("the server left before it let the command run; ending")
+			ln.Close()
+			os.Remove(filepath.Join(dir, sockFile))
+			return 0
+		case <-time.After(maxGated):
+			logf("no server let the command run in %s; ending", maxGated)
+			ln.Close()
+			os.Remove(filepath.Join(dir, sockFile))
+			return 0
+		}
+	}
 	var status uint32
 	if err := cmd.Start(); err != nil {
 		logf("start %s: %v", spec.Argv[0], err)
@@ -224,6 +296,11 @@ type mon struct {
 	gen     int           // counts attachments; a sender stops when it is replaced
 	acked   chan struct{} // closed when a server acknowledged the exit
 	ackOnce sync.Once
+	// A gated monitor's command waits for run; abort is closed instead
+	// when an attachment ends before it.
+	run, abort chan struct{}
+	ran        bool // run is closed (mu)
+	aborted    bool // abort is closed (mu)
 }
 
 func (m *mon) push(msg message) {
@@ -277,14 +354,29 @@ func (m *mon) accept(ln net.Listener) {
 func (m *mon) serve(c net.Conn, gen int) {
 	defer c.Close()
 	go func() {
-		// The server writes one line, "ack", once it has dealt with the
-		// exit; anything else, or EOF, ends nothing.
+		// The server writes "run" to let a gated command start, and
+		// "ack" once it has dealt with the exit. Anything else ends
+		// nothing; EOF ends a gated monitor that was not let run.
 		sc := bufio.NewScanner(c)
 		for sc.Scan() {
-			if sc.Text() == "ack" {
+			switch sc.Text() {
+			case "ack":
 				m.ackOnce.Do(func() { close(m.acked) })
+			case "run":
+				m.mu.Lock()
+				if !m.ran && !m.aborted {
+					m.ran = true
+					close(m.run)
+				}
+				m.mu.Unlock()
 			}
 		}
+		m.mu.Lock()
+		if !m.ran && !m.aborted {
+			m.aborted = true
+			close(m.abort)
+		}
+		m.mu.Unlock()
 	}()
 	w := bufio.NewWriter(c)
 	enc := json.NewEncoder(w)

@@ -237,3 +237,78 @@ func waitGoneOrKilled(t *testing.T, dir string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A monitor made by Prepare runs its command only once Run is called.
+func TestPrepareWaitsForRun(t *testing.T) {
+	dir := t.TempDir()
+	mark := filepath.Join(dir, "ran")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out lines
+	a, err := Prepare(ctx, dir, Command{Argv: []string{"/bin/sh", "-c", `touch "$1"; echo ran`, "sh", mark}}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !Running(dir) {
+		if time.Now().After(deadline) {
+			t.Fatal("the monitor did not start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if exists(mark) {
+		t.Fatal("the command ran before Run")
+	}
+	if err := a.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if ws := waitExit(t, a).WaitStatus(); ws.ExitStatus() != 0 {
+		t.Errorf("exit = %v", ws)
+	}
+	if !exists(mark) {
+		t.Error("the command did not run")
+	}
+	if got := strings.Join(out.all(), "|"); got != "ran" {
+		t.Errorf("output = %q", got)
+	}
+	a.Ack()
+	waitGone(t, dir)
+}
+
+// A prepared monitor whose server leaves (Detach, or dies) before Run ends
+// without running its command; so does one that is aborted.
+func TestPreparedMonitorEndsUnrun(t *testing.T) {
+	for _, abort := range []bool{false, true} {
+		dir := t.TempDir()
+		mark := filepath.Join(dir, "ran")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		a, err := Prepare(ctx, dir, Command{Argv: []string{"/bin/sh", "-c", `touch "$1"`, "sh", mark}}, nil, nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abort {
+			a.Abort()
+		} else {
+			a.Detach()
+		}
+		<-a.Gone()
+		deadline := time.Now().Add(10 * time.Second)
+		for !exists(filepath.Join(dir, pidFile)) || Running(dir) {
+			if time.Now().After(deadline) {
+				t.Fatalf("abort=%v: the monitor still runs", abort)
+			}
+			time.Sleep(5 * time.Millisecond)
+			if abort && !exists(filepath.Join(dir, pidFile)) {
+				break // killed before it wrote its pid
+			}
+		}
+		if exists(mark) {
+			t.Errorf("abort=%v: the command ran", abort)
+		}
+		if exists(filepath.Join(dir, exitFile)) {
+			t.Errorf("abort=%v: an exit was recorded for a command that never ran", abort)
+		}
+	}
+}
