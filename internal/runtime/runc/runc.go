@@ -41,7 +41,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -442,6 +441,48 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		return <-diskc
 	}
 	defer waitDisk() // before the teardown of a failed start, deferred earlier
+	// runc runs under a monitor of its own (internal/runtime/shim), which
+	// holds the machine's output and exit status for whichever server is
+	// attached, so the machine outlives the server. The monitor starts
+	// now and lets runc run once the bundle is ready (mon.Run): its start,
+	// a fork and exec of this binary, happens while the machine's disk,
+	// namespaces, root and network are made. --keep: runc would otherwise
+	// delete the cgroup the moment the machine exits, and with it the
+	// OOM-kill counter Wait reads.
+	pidFile := filepath.Join(run, "pid")
+	type prepared struct {
+		att *shim.Attached
+		err error
+	}
+	monc := make(chan prepared, 1)
+	go func() {
+		att, err := shim.Prepare(ctx, run, shim.Command{Argv: []string{d.cfg.Runc, "--root", d.root, "--log", filepath.Join(run, "runc.log"), "--log-format", "json",
+			"run", "--bundle", run, "--pid-file", pidFile, "--keep", id}}, spec.Stdout, spec.Stderr)
+		monc <- prepared{att, err}
+	}()
+	var mon *shim.Attached
+	monWaited := false
+	waitMonitor := func() error {
+		if monWaited {
+			return nil
+		}
+		monWaited = true
+		m := <-monc
+		if m.err != nil {
+			return fmt.Errorf("machine monitor: %w", m.err)
+		}
+		mon = m.att
+		return nil
+	}
+	defer func() {
+		// Before the teardown of a failed start: the monitor goes
+		// without having run runc, or with it (its death signal).
+		if !handedOff {
+			if waitMonitor(); mon != nil {
+				mon.Abort()
+			}
+		}
+	}()
 	if err := checkLayers(spec.Rootfs); err != nil {
 		return nil, err
 	}
@@ -465,6 +506,25 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if err := pinNamespaces(ids, usernsPath, nsPath); err != nil {
 		return nil, err
 	}
+	if addr, err = d.ipam.alloc(spec.DenyOutbound); err != nil {
+		return nil, err
+	}
+	// The network and the root filesystem are independent: set them up
+	// side by side (a few ms each). Every path out of here waits for
+	// both, so the teardown never races a half-made namespace.
+	netErr := make(chan error, 1)
+	go func() {
+		netErr <- setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge)
+	}()
+	netWaited := false
+	waitNet := func() error {
+		if netWaited {
+			return nil
+		}
+		netWaited = true
+		return <-netErr
+	}
+	defer waitNet()
 	lowers, mounts, err := idmapAll(filepath.Join(b, "lower"), filepath.Join(roots, "bind"), usernsPath, spec.Rootfs, spec.Mounts)
 	if err != nil {
 		return nil, err
@@ -483,16 +543,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if err := copyDirAttrs(upper, spec.Rootfs[0], ids.base()); err != nil {
 		return nil, err
 	}
-	if addr, err = d.ipam.alloc(spec.DenyOutbound); err != nil {
-		return nil, err
-	}
-	// The network and the root filesystem are independent: set them up
-	// side by side (a few ms each). Every path out of here waits for
-	// both, so the teardown never races a half-made namespace.
-	netErr := make(chan error, 1)
-	go func() {
-		netErr <- setupNetns(nsPath, hostVeth(id), addr, d.ipam.gateway, d.ipam.prefix.Bits(), d.bridge)
-	}()
 	base := []runtime.File{
 		{Path: "/etc/hosts", Data: hostsFile(addr.String(), id)},
 		{Path: "/etc/hostname", Data: []byte(id + "\n")},
@@ -513,7 +563,7 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 	if err == nil {
 		err = mountRootfs(lowers, upper, work, rootfs, kept != nil)
 	}
-	if nerr := <-netErr; err == nil {
+	if nerr := waitNet(); err == nil {
 		err = nerr
 	}
 	if err == nil && len(spec.HostPorts) > 0 {
@@ -530,7 +580,6 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 		return nil, err
 	}
 
-	pidFile := filepath.Join(run, "pid")
 	p := &proc{d: d, id: id, log: log, addr: net.JoinHostPort(addr.String(), strconv.Itoa(port)), kept: kept,
 		exited: make(chan struct{}), done: make(chan struct{})}
 	// What Recover needs to adopt the machine after a restart of the
@@ -541,25 +590,14 @@ func (d *Driver) start(ctx context.Context, spec runtime.Spec, log *slog.Logger)
 			return nil, err
 		}
 	}
-	// runc runs under a monitor of its own (internal/runtime/shim), which
-	// holds the machine's output and exit status for whichever server is
-	// attached, so the machine outlives the server. --keep: runc would
-	// otherwise delete the cgroup the moment the machine exits, and with
-	// it the OOM-kill counter Wait reads.
-	shimPid, err := shim.Start(run, shim.Command{Argv: []string{d.cfg.Runc, "--root", d.root, "--log", filepath.Join(run, "runc.log"), "--log-format", "json",
-		"run", "--bundle", run, "--pid-file", pidFile, "--keep", id}})
-	if err != nil {
+	if err := waitMonitor(); err != nil {
 		return nil, err
 	}
-	att, err := shim.Attach(ctx, run, spec.Stdout, spec.Stderr)
-	if err != nil {
-		// No monitor to wait on: it goes, and runc with it (its death
-		// signal); the deferred teardown removes what runc made.
-		syscall.Kill(shimPid, syscall.SIGKILL)
-		return nil, fmt.Errorf("machine monitor: %w", err)
+	if err := mon.Run(); err != nil {
+		return nil, err
 	}
 	handedOff = true
-	p.att = att
+	p.att = mon
 	d.track(p)
 	go p.wait(addr)
 
