@@ -27,6 +27,12 @@ func main() {
 			fmt.Fprintf(w, "%s: %s\n", h, r.Header.Get(h))
 		}
 	})
+	// START_DELAY (a duration) makes the app slow to start, so a test can
+	// catch a deploy in the middle of its rollout.
+	if d, err := time.ParseDuration(os.Getenv("START_DELAY")); err == nil {
+		fmt.Println("starting in", d)
+		time.Sleep(d)
+	}
 	fmt.Println("listening on", os.Getenv("PORT"))
 	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
