@@ -31,7 +31,28 @@ const MinDiskMB = 16
 // mkfs costs tens. No journal: the layer is thrown away with the machine,
 // and nothing in it must survive a crash of the host. The loop device goes
 // away by itself when dir is unmounted (autoclear).
+//
+// Attaching a loop device takes the kernel several ms (it freezes the
+// device's queue), so for sizes with a template the driver keeps one
+// spare: a fresh copy of the template already attached, never mounted,
+// made in the background after a machine took the last one.
 func (d *Driver) makeDisk(ctx context.Context, img, dir string, sizeMB int) error {
+	if sp := d.takeSpare(sizeMB); sp != nil {
+		err := os.Rename(sp.img, img)
+		if err == nil {
+			err = mountDev(sp.loop, dir)
+		}
+		// The mount holds the device from here; on failure, closing
+		// detaches it (autoclear).
+		sp.dev.Close()
+		go d.refillSpare(sizeMB)
+		if err == nil {
+			return nil
+		}
+		os.Remove(sp.img)
+		os.Remove(img)
+		d.log.Warn("disk: the spare disk failed; making one", "err", err)
+	}
 	tmpl, err := d.diskTemplate(ctx, sizeMB)
 	if err != nil {
 		return err
@@ -43,7 +64,102 @@ func (d *Driver) makeDisk(ctx context.Context, img, dir string, sizeMB int) erro
 	} else if err := copySparse(tmpl, img); err != nil {
 		return fmt.Errorf("disk: %w", err)
 	}
+	if tmpl != "" {
+		go d.refillSpare(sizeMB)
+	}
 	return mountLoop(img, dir)
+}
+
+// spareDisk is a fresh disk image attached to a loop device and not
+// mounted; dev, held open, keeps the device attached (autoclear detaches
+// it on the last close, so a crash leaves only the file).
+type spareDisk struct {
+	img  string
+	loop string // /dev/loopN
+	dev  *os.File
+}
+
+// spareDir, under disksDir, holds the spares' images (not *.img in
+// disksDir itself, which are the templates).
+const spareDir = "spare"
+
+func (d *Driver) takeSpare(sizeMB int) *spareDisk {
+	d.spareMu.Lock()
+	defer d.spareMu.Unlock()
+	sp := d.spares[sizeMB]
+	delete(d.spares, sizeMB)
+	return sp
+}
+
+// refillSpare makes the spare of sizeMB if there is none and none is
+// being made; sizes without a template get none.
+func (d *Driver) refillSpare(sizeMB int) {
+	d.spareMu.Lock()
+	if d.spares[sizeMB] != nil || d.refilling[sizeMB] || d.detaching.Load() {
+		d.spareMu.Unlock()
+		return
+	}
+	d.refilling[sizeMB] = true
+	d.spareSeq++
+	seq := d.spareSeq
+	d.spareMu.Unlock()
+	sp, err := d.makeSpare(sizeMB, seq)
+	d.spareMu.Lock()
+	delete(d.refilling, sizeMB)
+	keep := err == nil && !d.detaching.Load()
+	if keep {
+		d.spares[sizeMB] = sp
+	}
+	d.spareMu.Unlock()
+	if err == nil && !keep {
+		sp.dev.Close()
+		os.Remove(sp.img)
+	}
+	if err != nil {
+		d.log.Warn("disk: make a spare disk", "err", err)
+	}
+}
+
+func (d *Driver) makeSpare(sizeMB int, seq int) (*spareDisk, error) {
+	tmpl := filepath.Join(d.cfg.StateDir, disksDir, strconv.Itoa(sizeMB)+".img")
+	if !exists(tmpl) {
+		return nil, fmt.Errorf("no template for %d MB", sizeMB)
+	}
+	dir := filepath.Join(d.cfg.StateDir, disksDir, spareDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	img := filepath.Join(dir, fmt.Sprintf("%d-%d.img", sizeMB, seq))
+	os.Remove(img)
+	if err := copySparse(tmpl, img); err != nil {
+		os.Remove(img)
+		return nil, err
+	}
+	loop, dev, err := attachLoop(img)
+	if err != nil {
+		os.Remove(img)
+		return nil, err
+	}
+	return &spareDisk{img: img, loop: loop, dev: dev}, nil
+}
+
+// releaseSpares lets go of the driver's spares (a driver that detaches
+// or is uninstalled starts no more machines).
+func (d *Driver) releaseSpares() {
+	d.spareMu.Lock()
+	spares := d.spares
+	d.spares = map[int]*spareDisk{}
+	d.spareMu.Unlock()
+	for _, sp := range spares {
+		sp.dev.Close()
+		os.Remove(sp.img)
+	}
+}
+
+// removeSpares removes spare images a previous run left (their loop
+// devices went with that process).
+func (d *Driver) removeSpares() {
+	os.RemoveAll(filepath.Join(d.cfg.StateDir, disksDir, spareDir))
 }
 
 // maxTemplates bounds the sizes kept as templates: machines API callers
@@ -177,42 +293,56 @@ const disksDir = ".disks"
 // mountLoop attaches img to a free loop device (autoclear) and mounts its
 // ext4 filesystem at dir, nosuid, nodev, noatime.
 func mountLoop(img, dir string) error {
+	loop, dev, err := attachLoop(img)
+	if err != nil {
+		return err
+	}
+	// The mount holds the device from here; closing ours lets autoclear
+	// detach it once the mount is gone.
+	defer dev.Close()
+	return mountDev(loop, dir)
+}
+
+// attachLoop attaches img to a free loop device (autoclear) and returns
+// the device, open: it stays attached while dev is open or mounted.
+func attachLoop(img string) (loop string, dev *os.File, err error) {
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
-		return fmt.Errorf("disk: %w", err)
+		return "", nil, fmt.Errorf("disk: %w", err)
 	}
 	defer f.Close()
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
-		return fmt.Errorf("disk: loop devices: %w (the kernel needs the loop module: modprobe loop)", err)
+		return "", nil, fmt.Errorf("disk: loop devices: %w (the kernel needs the loop module: modprobe loop)", err)
 	}
 	defer ctl.Close()
-	var loop string
 	for attempt := 0; ; attempt++ {
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
 		if err != nil {
-			return fmt.Errorf("disk: find a free loop device: %w", err)
+			return "", nil, fmt.Errorf("disk: find a free loop device: %w", err)
 		}
 		loop = fmt.Sprintf("/dev/loop%d", n)
 		dev, err := os.OpenFile(loop, os.O_RDWR, 0)
 		if err != nil {
-			return fmt.Errorf("disk: %w", err)
+			return "", nil, fmt.Errorf("disk: %w", err)
 		}
 		cfg := &unix.LoopConfig{Fd: uint32(f.Fd()), Info: unix.LoopInfo64{Flags: unix.LO_FLAGS_AUTOCLEAR}}
 		err = unix.IoctlLoopConfigure(int(dev.Fd()), cfg)
 		if err == nil {
-			// The mount holds the device from here; closing ours lets
-			// autoclear detach it once the mount is gone.
-			defer dev.Close()
-			break
+			return loop, dev, nil
 		}
 		dev.Close()
 		// Another process took that device between the two calls.
 		if !errors.Is(err, unix.EBUSY) || attempt >= 20 {
-			return fmt.Errorf("disk: attach %s to %s: %w", img, loop, err)
+			return "", nil, fmt.Errorf("disk: attach %s to %s: %w", img, loop, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// mountDev mounts the ext4 filesystem on loop device loop at dir, nosuid,
+// nodev, noatime.
+func mountDev(loop, dir string) error {
 	if err := unix.Mount(loop, dir, "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, "noinit_itable,errors=remount-ro"); err != nil {
 		return fmt.Errorf("disk: mount %s: %w", loop, err)
 	}

@@ -44,6 +44,7 @@ func writeState(run string, st machineState) error {
 // next server to Recover. The driver starts nothing afterwards.
 func (d *Driver) Detach() {
 	d.detaching.Store(true)
+	d.releaseSpares()
 	d.mu.Lock()
 	procs := make([]*proc, 0, len(d.procs))
 	for _, p := range d.procs {

@@ -111,6 +111,12 @@ type Driver struct {
 	detaching atomic.Bool
 	nextSlot  int        // where the search for a free range of host ids starts (userns.go)
 	diskMu    sync.Mutex // makes disk templates one at a time (disk.go)
+	// A spare disk per template size, and the sizes whose spare is being
+	// made (disk.go).
+	spareMu   sync.Mutex
+	spares    map[int]*spareDisk
+	refilling map[int]bool
+	spareSeq  int
 }
 
 // ReconcileEvery is how often the driver removes host-port rules that name
@@ -199,10 +205,12 @@ func New(c Config) (*Driver, error) {
 	if err := ensureTmpfs(c.RunDir); err != nil {
 		return nil, fmt.Errorf("runc runtime: %w", err)
 	}
-	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}, procs: map[string]*proc{}}
+	d := &Driver{cfg: c, log: c.Log, root: filepath.Join(abs, runcRoot), live: map[string]bool{}, procs: map[string]*proc{},
+		spares: map[int]*spareDisk{}, refilling: map[int]bool{}}
 	if err := os.MkdirAll(d.root, 0o700); err != nil {
 		return nil, err
 	}
+	d.removeSpares()
 	if d.ipam, err = newIPAM(c.Subnet); err != nil {
 		return nil, err
 	}
@@ -297,6 +305,7 @@ func (d *Driver) Uninstall(ctx context.Context) error {
 	if n > 0 {
 		return fmt.Errorf("uninstall: %d machines still running", n)
 	}
+	d.releaseSpares()
 	err := d.fw.remove(ctx)
 	if link, lerr := netlink.LinkByName(d.cfg.Bridge); lerr == nil {
 		if lerr := netlink.LinkDel(link); lerr != nil {
