@@ -182,15 +182,17 @@ func (m *Manager) Submit(ctx context.Context, req Request, fn Func) (Operation, 
 	q := m.queues[req.Target]
 	m.queues[req.Target] = append(q, o)
 	m.live[rec.ID] = o
-	ahead := len(q)
-	m.mu.Unlock()
-	if ahead > 0 {
-		o.event(Event{Type: EventState, State: Pending, Text: fmt.Sprintf("waiting for %d operation(s) on %s to finish", ahead, req.Target)})
-	} else {
-		o.event(Event{Type: EventState, State: Pending})
-		go o.run()
+	// The first event is recorded before the operation can start: the
+	// one ahead cannot finish (and start this one) while m.mu is held.
+	defer m.mu.Unlock()
+	if len(q) > 0 {
+		o.event(Event{Type: EventState, State: Pending, Text: fmt.Sprintf("waiting for %d operation(s) on %s to finish", len(q), req.Target)})
+		return o.snapshot(), nil
 	}
-	return o.snapshot(), nil
+	o.event(Event{Type: EventState, State: Pending})
+	rec = o.snapshot() // as submitted: it may be done by the time the caller looks
+	go o.run()
+	return rec, nil
 }
 
 func (o *op) snapshot() Operation {
