@@ -294,19 +294,28 @@ func (c *Client) Logs(ctx context.Context, app string, lines int, followLines bo
 		return err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		var l pier.LogLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			return fmt.Errorf("bad log line from the server: %w", err)
-		}
-		fn(l)
-	}
+	err = eachLine(resp.Body, "log line", fn)
 	if ctx.Err() != nil {
 		return nil
 	}
-	return sc.Err()
+	return err
+}
+
+// eachLine decodes NDJSON from r into values of T, calling fn with each.
+func eachLine[T any](r io.Reader, what string, fn func(T)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	for sc.Scan() {
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			return fmt.Errorf("bad %s from the server: %w", what, err)
+		}
+		fn(v)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("connection to the server broke: %w", err)
+	}
+	return nil
 }
 
 func machinePath(app, id string, rest ...string) string {

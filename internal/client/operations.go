@@ -1,9 +1,7 @@
 package client
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 
@@ -36,17 +34,8 @@ func (c *Client) WatchOperation(ctx context.Context, id string, from int, follow
 		return err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
-	for sc.Scan() {
-		var ev ops.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("bad event from the server: %w", err)
-		}
-		fn(ev)
-	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("connection to the server broke: %w (the operation goes on: watch it again with --from)", err)
+	if err := eachLine(resp.Body, "event", fn); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w (the operation goes on in the server: watch it again with --from)", err)
 	}
 	return ctx.Err()
 }

@@ -147,21 +147,27 @@ func TestOperationOutlivesItsClient(t *testing.T) {
 	}
 }
 
+// twoDeploys launches app at version one, then starts a deploy of
+// version two, slow to start by delay, and one of version three behind it.
+func (s *server) twoDeploys(t *testing.T, app, delay string) (first, second *background, id1, id2 string) {
+	dir := copyApp(t, "go")
+	setVersion(t, dir, app, "one", "")
+	s.mustPier("launch", dir, "--yes")
+	writeFile(t, dir+"/pier.toml", fmt.Sprintf("app = %q\n[env]\nVERSION = \"two\"\nSTART_DELAY = %q\n", app, delay))
+	first = s.pierBackground("deploy", dir)
+	id1 = first.opID(t)
+	// The second upload carries version three, whatever the first is at.
+	dir3 := copyApp(t, "go")
+	setVersion(t, dir3, app, "three", "")
+	second = s.pierBackground("deploy", dir3)
+	return first, second, id1, second.opID(t)
+}
+
 // TestDeploysQueue starts two deploys of one app together: the second
 // waits for the first and they run one after the other, in order.
 func TestDeploysQueue(t *testing.T) {
 	s := startServer(t)
-	dir := copyApp(t, "go")
-	setVersion(t, dir, "queued", "one", "")
-	s.mustPier("launch", dir, "--yes")
-	writeFile(t, dir+"/pier.toml", "app = \"queued\"\n[env]\nVERSION = \"two\"\nSTART_DELAY = \"2s\"\n")
-	first := s.pierBackground("deploy", dir)
-	id1 := first.opID(t)
-	// The second upload carries version three, whatever the first is at.
-	dir3 := copyApp(t, "go")
-	writeFile(t, dir3+"/pier.toml", "app = \"queued\"\n[env]\nVERSION = \"three\"\n")
-	second := s.pierBackground("deploy", dir3)
-	id2 := second.opID(t)
+	first, second, id1, id2 := s.twoDeploys(t, "queued", "2s")
 	for _, b := range []*background{first, second} {
 		select {
 		case err := <-b.done:
@@ -231,16 +237,7 @@ func TestServerKilledMidDeploy(t *testing.T) {
 // TestCancelQueuedDeploy cancels a deploy waiting its turn: it never runs.
 func TestCancelQueuedDeploy(t *testing.T) {
 	s := startServer(t)
-	dir := copyApp(t, "go")
-	setVersion(t, dir, "cancelme", "one", "")
-	s.mustPier("launch", dir, "--yes")
-	writeFile(t, dir+"/pier.toml", "app = \"cancelme\"\n[env]\nVERSION = \"two\"\nSTART_DELAY = \"3s\"\n")
-	first := s.pierBackground("deploy", dir)
-	id1 := first.opID(t)
-	dir3 := copyApp(t, "go")
-	writeFile(t, dir3+"/pier.toml", "app = \"cancelme\"\n[env]\nVERSION = \"three\"\n")
-	second := s.pierBackground("deploy", dir3)
-	id2 := second.opID(t)
+	first, second, id1, id2 := s.twoDeploys(t, "cancelme", "3s")
 	out := s.mustPier("ops", "cancel", id2)
 	if !strings.Contains(out, "cancelled before it started") {
 		t.Errorf("cancel: %s", out)
