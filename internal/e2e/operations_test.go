@@ -258,4 +258,27 @@ func TestCancelQueuedDeploy(t *testing.T) {
 	if out, err := s.pier("ops", "cancel", id1); err == nil || !strings.Contains(out, "already succeeded") {
 		t.Errorf("cancel of a finished deploy: %v %s", err, out)
 	}
+
+	// A running deploy stops, and the release before it keeps serving.
+	dir := copyApp(t, "go")
+	writeFile(t, dir+"/pier.toml", "app = \"cancelme\"\n[env]\nVERSION = \"four\"\nSTART_DELAY = \"60s\"\n")
+	slow := s.pierBackground("deploy", dir)
+	id3 := slow.opID(t)
+	s.waitOutput(id3, "==> Releasing", 2*time.Minute)
+	if out := s.mustPier("ops", "cancel", id3); !strings.Contains(out, "is stopping") {
+		t.Errorf("cancel a running deploy: %s", out)
+	}
+	if err := <-slow.done; err == nil {
+		t.Errorf("the cancelled deploy's CLI exited 0:\n%s", slow.output())
+	}
+	if op := s.operation(id3); op.State != ops.Cancelled || op.Error != "cancelled by admin" {
+		t.Errorf("cancelled running deploy: %+v", op)
+	}
+	s.mustGet("cancelme", "/", "version=two")
+	eventually(t, 20*time.Second, "only the live release's machine", func() error {
+		if ms := s.status("cancelme").Machines; len(ms) != 1 {
+			return fmt.Errorf("%d machines", len(ms))
+		}
+		return nil
+	})
 }

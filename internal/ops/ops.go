@@ -250,7 +250,8 @@ func (o *op) run() {
 	v, err := o.call()
 	end := Event{Type: EventState, State: Succeeded}
 	switch {
-	case err != nil && o.ctx.Err() != nil && errors.Is(err, context.Canceled):
+	case err != nil && o.ctx.Err() != nil:
+		// Cancelled: the error is how the work stopped, however it says so.
 		end.State, end.Text = Cancelled, context.Cause(o.ctx).Error()
 	case err != nil:
 		end.State, end.Text, end.Kind = Failed, err.Error(), pier.KindOf(err).String()

@@ -436,3 +436,22 @@ func TestSubmitNeedsKindAndTarget(t *testing.T) {
 		t.Errorf("refused submissions were recorded: %+v", recs)
 	}
 }
+
+// TestCancelledWhateverTheWorkSays: work that stops on cancel with an
+// error of its own (not wrapping context.Canceled) is cancelled, not failed.
+func TestCancelledWhateverTheWorkSays(t *testing.T) {
+	m := &Manager{Store: newMem()}
+	running := make(chan struct{})
+	op, _ := m.Submit(context.Background(), Request{Kind: "deploy", Target: "web", Cancellable: true}, func(ctx context.Context, out io.Writer) (any, error) {
+		close(running)
+		<-ctx.Done()
+		return nil, pier.Errorf(pier.Failed, "deploy stopped")
+	})
+	<-running
+	if _, err := m.Cancel(context.Background(), op.ID, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	if end := last(wait(t, m, op.ID, 1)); end.State != Cancelled || end.Text != "cancelled by admin" {
+		t.Errorf("end %+v", end)
+	}
+}
