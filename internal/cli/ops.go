@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -86,10 +87,11 @@ Interrupting the watch leaves the operation running.`,
 			}
 			fmt.Fprintf(e.stderr, "==> %s: %s of %s, started by %s\n", op.ID, op.Kind, op.Target, dash(op.Who))
 			var last ops.Event
+			out := e.untrustedOut() // build output: escaped on a terminal
 			err = c.WatchOperation(cmd.Context(), op.ID, from, true, func(ev ops.Event) {
 				switch {
 				case ev.Type == ops.EventOutput:
-					fmt.Fprint(e.stdout, ev.Text)
+					io.WriteString(out, ev.Text)
 				case ev.State.Done():
 					last = ev
 				case ev.Text != "":
