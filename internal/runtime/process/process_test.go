@@ -92,6 +92,11 @@ func TestSignalReachesTheGroupAndNothingOutlivesTheMachine(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Wait did not return after the main process died")
 	}
+	// The group's SIGKILL is delivered at once, but the kernel takes a
+	// moment to tear the process down.
+	for deadline := time.Now().Add(5 * time.Second); alive(bg) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if alive(bg) {
 		t.Fatalf("background process %d outlived its machine", bg)
 	}
