@@ -188,19 +188,8 @@ func (s *stream) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (s *stream) finish(rel *pier.Release, err error, log *slog.Logger) {
-	s.end(Message{Type: "result", Release: rel}, err, log)
-}
-
-// finishData ends the stream with v as the result's data.
-func (s *stream) finishData(v any, err error, log *slog.Logger) {
-	m := Message{Type: "result"}
-	if err == nil {
-		m.Data, err = json.Marshal(v)
-	}
-	s.end(m, err, log)
-}
-
+// end sends the result message, or err: a plain error answer if nothing
+// was streamed yet.
 func (s *stream) end(result Message, err error, log *slog.Logger) {
 	s.mu.Lock()
 	started := s.started
