@@ -186,8 +186,8 @@ func note(op ops.Operation) string {
 		s = op.Error
 	}
 	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > 80 {
-		s = s[:77] + "..."
+	if r := []rune(s); len(r) > 80 {
+		s = string(r[:77]) + "..."
 	}
 	return s
 }
